@@ -1,0 +1,179 @@
+//! Runs a model: topological order, value lifetimes, parameters as `Var`s.
+
+use std::collections::HashMap;
+
+use candle_core::{DType as CDType, Device, Var};
+
+use super::error::{ExecError, Result};
+use super::ops::{self, OpCtx};
+use super::Value;
+use crate::graph::{topological_order, DType, Model, Node};
+
+/// How to run a model.
+#[derive(Clone, Debug)]
+pub struct ExecOptions {
+    pub device: Device,
+    /// Float type used for all float computation (F32, or F64 for gradient checks).
+    pub float: CDType,
+}
+
+impl Default for ExecOptions {
+    fn default() -> Self {
+        ExecOptions { device: Device::Cpu, float: CDType::F32 }
+    }
+}
+
+/// A model prepared for execution.
+pub struct Executor {
+    nodes: Vec<Node>,
+    inputs: Vec<(String, Option<DType>)>,
+    outputs: Vec<String>,
+    opset: i64,
+    options: ExecOptions,
+    /// Float initializers, trainable.
+    params: HashMap<String, (Var, DType)>,
+    /// Integer and other non-trainable initializers.
+    constants: HashMap<String, Value>,
+    /// For each node (in run order), values whose last reader it is.
+    frees_after: Vec<Vec<String>>,
+}
+
+impl Executor {
+    /// Prepares `model` for execution: orders nodes, uploads initializers.
+    /// Unsupported ops are reported only when a run reaches them.
+    pub fn new(model: &Model, options: ExecOptions) -> Result<Self> {
+        let graph = &model.graph;
+        let order = topological_order(graph)?;
+        let nodes: Vec<Node> = order.iter().map(|&i| graph.nodes[i].clone()).collect();
+        let mut params = HashMap::new();
+        let mut constants = HashMap::new();
+        for (name, t) in &graph.initializers {
+            let value = Value::from_ir(t, &options.device, options.float)?;
+            if t.dtype.is_float() {
+                params.insert(name.clone(), (Var::from_tensor(&value.tensor)?, t.dtype));
+            } else {
+                constants.insert(name.clone(), value);
+            }
+        }
+        let outputs: Vec<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
+        let frees_after = lifetimes(&nodes, &outputs);
+        Ok(Executor {
+            nodes,
+            inputs: graph.inputs.iter().map(|i| (i.name.clone(), i.dtype)).collect(),
+            outputs,
+            opset: model.onnx_opset(),
+            options,
+            params,
+            constants,
+            frees_after,
+        })
+    }
+
+    /// Trainable parameters (float initializers) by name.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &Var)> {
+        self.params.iter().map(|(k, (v, _))| (k.as_str(), v))
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.options.device
+    }
+
+    /// Names and ONNX types of the graph inputs to feed.
+    pub fn input_names(&self) -> impl Iterator<Item = &str> {
+        self.inputs.iter().map(|(n, _)| n.as_str())
+    }
+
+    pub fn output_names(&self) -> &[String] {
+        &self.outputs
+    }
+
+    /// Runs the graph and returns the graph outputs in order.
+    pub fn run(&self, feeds: &HashMap<String, Value>) -> Result<Vec<Value>> {
+        let env = self.run_keep(feeds, &[])?;
+        self.outputs
+            .iter()
+            .map(|name| env.get(name).cloned().ok_or_else(|| ExecError::Missing(name.clone())))
+            .collect()
+    }
+
+    /// Runs the graph keeping the named intermediate values as well as the outputs.
+    pub fn run_keep(&self, feeds: &HashMap<String, Value>, keep: &[&str]) -> Result<HashMap<String, Value>> {
+        let mut env: HashMap<String, Value> = self.constants.clone();
+        for (name, (var, dtype)) in &self.params {
+            env.insert(name.clone(), Value::new(var.as_tensor().clone(), *dtype));
+        }
+        for (name, dtype) in &self.inputs {
+            let v = feeds.get(name).ok_or_else(|| ExecError::Input {
+                name: name.clone(),
+                reason: "is a graph input but was not given".into(),
+            })?;
+            env.insert(name.clone(), self.coerce_feed(name, v, *dtype)?);
+        }
+        for (node, frees) in self.nodes.iter().zip(&self.frees_after) {
+            let inputs = node
+                .inputs
+                .iter()
+                .map(|n| {
+                    if n.is_empty() {
+                        return Ok(None);
+                    }
+                    env.get(n).cloned().map(Some).ok_or_else(|| ExecError::Missing(n.clone()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let ctx = OpCtx {
+                node,
+                inputs,
+                opset: self.opset,
+                device: &self.options.device,
+                float: self.options.float,
+            };
+            let outs = ops::run(&ctx).map_err(|e| with_node(e, node))?;
+            for (name, value) in node.outputs.iter().zip(outs) {
+                if !name.is_empty() {
+                    env.insert(name.clone(), value);
+                }
+            }
+            for name in frees {
+                if !keep.contains(&name.as_str()) {
+                    env.remove(name);
+                }
+            }
+        }
+        Ok(env)
+    }
+
+    /// Checks and converts a fed value to the graph input's type.
+    fn coerce_feed(&self, name: &str, v: &Value, dtype: Option<DType>) -> Result<Value> {
+        let t = v.tensor.to_device(&self.options.device)?;
+        let dtype = dtype.unwrap_or(v.dtype);
+        let storage = super::storage_dtype(dtype, self.options.float).ok_or_else(|| ExecError::Input {
+            name: name.to_string(),
+            reason: format!("element type {dtype} is not supported"),
+        })?;
+        Ok(Value::new(t.to_dtype(storage)?, dtype))
+    }
+}
+
+fn with_node(e: ExecError, node: &Node) -> ExecError {
+    match e {
+        ExecError::Candle(c) => ExecError::Op { node: node.label(), reason: c.to_string() },
+        other => other,
+    }
+}
+
+/// For each node, the values read for the last time by it (not graph outputs).
+fn lifetimes(nodes: &[Node], outputs: &[String]) -> Vec<Vec<String>> {
+    let mut last: HashMap<&str, usize> = HashMap::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for input in node.inputs.iter().filter(|s| !s.is_empty()) {
+            last.insert(input, i);
+        }
+    }
+    let mut frees = vec![Vec::new(); nodes.len()];
+    for (name, i) in last {
+        if !outputs.iter().any(|o| o == name) {
+            frees[i].push(name.to_string());
+        }
+    }
+    frees
+}

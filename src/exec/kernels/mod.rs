@@ -1,0 +1,3 @@
+//! amct's own candle custom ops, each with forward and backward.
+
+pub mod pool2d;

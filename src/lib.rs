@@ -1,0 +1,9 @@
+//! amct: a model compression toolkit for ONNX models.
+//!
+//! Layers, bottom up: `onnx` (file I/O), `graph` (the IR), `exec` (the candle
+//! executor), `inspect` (model statistics); the binary in `main.rs` wires
+//! them to the command line.
+
+pub mod graph;
+pub mod exec;
+pub mod onnx;
