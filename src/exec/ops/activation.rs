@@ -62,26 +62,25 @@ pub fn gelu(ctx: &OpCtx) -> Result<Vec<Value>> {
     }
 }
 
-/// Clip with bounds from attributes (opset < 11) or inputs 1 and 2.
+/// Clip with bounds from attributes (opset < 11) or inputs 1 and 2. Bound
+/// inputs stay tensors, so a trainable bound receives its gradient.
 pub fn clip(ctx: &OpCtx) -> Result<Vec<Value>> {
     let v = ctx.input(0)?;
-    let (lo, hi) = if ctx.opset < 11 {
-        (ctx.node.attr_float("min").map(f64::from), ctx.node.attr_float("max").map(f64::from))
-    } else {
-        let bound = |i| -> Result<Option<f64>> {
-            Ok(match ctx.opt_input(i) {
-                Some(b) => Some(b.to_f64_vec()?.first().copied().ok_or_else(|| ctx.err("empty bound"))?),
-                None => None,
-            })
-        };
-        (bound(1)?, bound(2)?)
-    };
     let mut t = v.tensor.clone();
-    if let Some(lo) = lo {
-        t = t.maximum(lo)?;
-    }
-    if let Some(hi) = hi {
-        t = t.minimum(hi)?;
+    if ctx.opset < 11 {
+        if let Some(lo) = ctx.node.attr_float("min") {
+            t = t.maximum(lo as f64)?;
+        }
+        if let Some(hi) = ctx.node.attr_float("max") {
+            t = t.minimum(hi as f64)?;
+        }
+    } else {
+        if let Some(lo) = ctx.opt_input(1) {
+            t = t.broadcast_maximum(&lo.tensor.to_dtype(t.dtype())?)?;
+        }
+        if let Some(hi) = ctx.opt_input(2) {
+            t = t.broadcast_minimum(&hi.tensor.to_dtype(t.dtype())?)?;
+        }
     }
     Ok(vec![Value::new(t, v.dtype)])
 }

@@ -106,18 +106,12 @@ pub fn conv(ctx: &OpCtx) -> Result<Vec<Value>> {
     let (_, _, kh, kw) = w.dims4()?;
     let g = geometry(ctx, &[h, wd], [kh, kw], n, false)?;
     let groups = ctx.node.int_or("group", 1).max(1) as usize;
-    let [top, left, bottom, right] = g.pads;
-    let symmetric = top == bottom && left == right && top == left;
-    let (x, pad) = if symmetric {
-        (x, top)
-    } else {
-        (x.pad_with_zeros(2, top, bottom)?.pad_with_zeros(3, left, right)?, 0)
-    };
     if g.dilation[0] != g.dilation[1] {
         return Err(ctx.unsupported("different dilations per axis"));
     }
     let uniform_stride = g.stride[0] == g.stride[1];
     let stride = if uniform_stride { g.stride[0] } else { 1 };
+    let (x, pad) = pad_exactly(ctx, &x, &g, stride)?;
     let mut y = x.conv2d(&w, pad, stride, g.dilation[0], groups)?;
     if !uniform_stride {
         y = subsample(&y, 2, g.stride[0])?;
@@ -131,6 +125,35 @@ pub fn conv(ctx: &OpCtx) -> Result<Vec<Value>> {
         y = y.squeeze(2)?;
     }
     Ok(vec![Value::new(y, xv.dtype)])
+}
+
+/// Pads the input and drops trailing rows/columns no window reaches, so the
+/// convolution covers its input exactly (candle's conv backward needs that).
+/// Returns the input and the symmetric padding left for candle to apply.
+fn pad_exactly(ctx: &OpCtx, x: &Tensor, g: &Geometry, stride: usize) -> Result<(Tensor, usize)> {
+    let [top, left, bottom, right] = g.pads;
+    let (_, _, h, w) = x.dims4()?;
+    let used = |size: usize, a: usize| -> Result<usize> {
+        let extent = (g.kernel[a] - 1) * g.dilation[a] + 1;
+        if size < extent {
+            return Err(ctx.err(&format!("padded input size {size} is smaller than the kernel extent {extent}")));
+        }
+        Ok((size - extent) / stride * stride + extent)
+    };
+    let (ph, pw) = (h + top + bottom, w + left + right);
+    let (uh, uw) = (used(ph, 0)?, used(pw, 1)?);
+    let symmetric = top == bottom && left == right && top == left;
+    if symmetric && uh == ph && uw == pw {
+        return Ok((x.clone(), top));
+    }
+    let mut x = x.pad_with_zeros(2, top, bottom)?.pad_with_zeros(3, left, right)?;
+    if uh < ph {
+        x = x.narrow(2, 0, uh)?;
+    }
+    if uw < pw {
+        x = x.narrow(3, 0, uw)?;
+    }
+    Ok((x, 0))
 }
 
 /// Keeps every `step`-th element along `dim`.

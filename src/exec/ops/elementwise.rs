@@ -56,8 +56,13 @@ pub fn pow(ctx: &OpCtx) -> Result<Vec<Value>> {
             x.powf(e)?
         }
     } else {
+        // |x|^e, negated where x < 0 and e is an odd integer.
         let e = ctx.float_tensor(1)?;
-        x.abs()?.log()?.broadcast_mul(&e)?.exp()?
+        let magnitude = x.abs()?.log()?.broadcast_mul(&e)?.exp()?;
+        let odd = ((&e * 0.5)?.floor()? * 2.0)?.ne(&e)?.to_dtype(x.dtype())?;
+        let negative = x.lt(0.0)?.to_dtype(x.dtype())?;
+        let flip = (negative.broadcast_mul(&odd)? * -2.0)?.affine(1.0, 1.0)?;
+        magnitude.broadcast_mul(&flip)?
     };
     let y = if base.is_float() { y } else { y.round()?.to_dtype(CDType::I64)? };
     Ok(vec![Value::new(y, base.dtype)])

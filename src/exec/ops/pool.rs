@@ -47,7 +47,8 @@ fn params(ctx: &OpCtx, h: usize, w: usize, n: usize) -> Result<Pool2dParams> {
         let spatial = [h, w];
         for a in 0..2 {
             let out = spatial[a].div_ceil(stride[a]);
-            let needed = out.saturating_sub(1) * stride[a] + (kernel[a] - 1) * dilation[a] + 1;
+            // onnxruntime sizes SAME padding by the undilated kernel.
+            let needed = out.saturating_sub(1) * stride[a] + kernel[a];
             let total = needed.saturating_sub(spatial[a]);
             let small = total / 2;
             let (b, e) = if auto_pad == "SAME_UPPER" { (small, total - small) } else { (total - small, small) };
