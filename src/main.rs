@@ -15,7 +15,11 @@ use amct::graph::{Dim, Model};
 use amct::onnx::{self as onnx_io, ExportOptions};
 
 #[derive(Parser)]
-#[command(name = "amct", version, about = "Model compression toolkit for ONNX models")]
+#[command(
+    name = "amct",
+    version,
+    about = "Model compression toolkit for ONNX models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,11 +83,24 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Inspect { model, json, batch } => inspect(&model, json, batch),
-        Command::Infer { model, input, output, device } => infer(&model, &input, &output, &device),
-        Command::Convert { input, output, external_data } => convert(&input, &output, external_data),
-        Command::BenchForward { model, batch, iters, warmup, device } => {
-            bench_forward(&model, batch, iters, warmup, &device)
-        }
+        Command::Infer {
+            model,
+            input,
+            output,
+            device,
+        } => infer(&model, &input, &output, &device),
+        Command::Convert {
+            input,
+            output,
+            external_data,
+        } => convert(&input, &output, external_data),
+        Command::BenchForward {
+            model,
+            batch,
+            iters,
+            warmup,
+            device,
+        } => bench_forward(&model, batch, iters, warmup, &device),
     }
 }
 
@@ -93,21 +110,54 @@ fn load(path: &Path) -> Result<Model> {
 
 fn inspect(path: &Path, json: bool, batch: i64) -> Result<()> {
     let model = load(path)?;
-    let _ = (model, json, batch); // TEMP-INSPECT
-    bail!("inspect not wired yet")
+    let report = amct::inspect::inspect(path, &model, batch)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(())
 }
 
 fn infer(model_path: &Path, input: &Path, output: &Path, device: &str) -> Result<()> {
     let model = load(model_path)?;
     let device = exec::parse_device(device)?;
-    let options = ExecOptions { device: device.clone(), ..Default::default() };
+    let options = ExecOptions {
+        device: device.clone(),
+        ..Default::default()
+    };
     let feeds = exec::npz::read_npz(input, &device, options.float)?;
     check_feeds(&model, &feeds, input)?;
     let executor = Executor::new(&model, options)?;
-    let outputs = executor.run(&feeds).with_context(|| format!("running '{}'", model_path.display()))?;
-    let named: Vec<(String, Value)> = executor.output_names().iter().cloned().zip(outputs).collect();
+    let outputs = executor
+        .run(&feeds)
+        .with_context(|| format!("running '{}'", model_path.display()))?;
+    let named: Vec<(String, Value)> = executor
+        .output_names()
+        .iter()
+        .cloned()
+        .zip(outputs)
+        .collect();
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating '{}'", dir.display()))?;
+    }
     exec::npz::write_npz(output, &named)?;
+    for (name, value) in &named {
+        println!("{}", summarize(name, value)?);
+    }
+    println!("wrote {}", output.display());
     Ok(())
+}
+
+/// One line per output: shape, and the arg-max per row for 2-D float outputs.
+fn summarize(name: &str, value: &Value) -> Result<String> {
+    let dims = value.dims().to_vec();
+    let mut line = format!("output '{name}' {} {dims:?}", value.dtype);
+    if dims.len() == 2 && value.is_float() && dims[0] <= 32 && dims[1] > 0 {
+        let argmax: Vec<u32> = value.tensor.argmax(1)?.to_vec1()?;
+        line.push_str(&format!(" argmax per row {argmax:?}"));
+    }
+    Ok(line)
 }
 
 /// Every graph input must be present with a compatible shape.
@@ -115,12 +165,19 @@ fn check_feeds(model: &Model, feeds: &HashMap<String, Value>, path: &Path) -> Re
     for input in &model.graph.inputs {
         let Some(v) = feeds.get(&input.name) else {
             let have: Vec<&String> = feeds.keys().collect();
-            bail!("'{}' has no array for graph input '{}' (it has {have:?})", path.display(), input.name);
+            bail!(
+                "'{}' has no array for graph input '{}' (it has {have:?})",
+                path.display(),
+                input.name
+            );
         };
         let Some(shape) = &input.shape else { continue };
         let dims = v.dims();
         let fits = dims.len() == shape.len()
-            && shape.iter().zip(dims).all(|(d, &n)| !matches!(d, Dim::Known(k) if *k != n as i64));
+            && shape
+                .iter()
+                .zip(dims)
+                .all(|(d, &n)| !matches!(d, Dim::Known(k) if *k != n as i64));
         if !fits {
             bail!(
                 "'{}': array '{}' has shape {dims:?} but the model expects {}",
@@ -135,15 +192,27 @@ fn check_feeds(model: &Model, feeds: &HashMap<String, Value>, path: &Path) -> Re
 
 fn convert(input: &Path, output: &Path, external_data: bool) -> Result<()> {
     let model = load(input)?;
-    let options = ExportOptions { external_data, external_threshold: 1024 };
+    let options = ExportOptions {
+        external_data,
+        external_threshold: 1024,
+    };
     onnx_io::save_model(&model, output, &options)?;
     Ok(())
 }
 
-fn bench_forward(path: &Path, batch: usize, iters: usize, warmup: usize, device: &str) -> Result<()> {
+fn bench_forward(
+    path: &Path,
+    batch: usize,
+    iters: usize,
+    warmup: usize,
+    device: &str,
+) -> Result<()> {
     let model = load(path)?;
     let device = exec::parse_device(device)?;
-    let options = ExecOptions { device: device.clone(), ..Default::default() };
+    let options = ExecOptions {
+        device: device.clone(),
+        ..Default::default()
+    };
     let mut feeds = HashMap::new();
     for input in &model.graph.inputs {
         let shape: Vec<usize> = input
@@ -159,7 +228,10 @@ fn bench_forward(path: &Path, batch: usize, iters: usize, warmup: usize, device:
             })
             .collect();
         let t = candle_core::Tensor::randn(0f32, 1f32, shape, &device)?;
-        feeds.insert(input.name.clone(), Value::new(t, input.dtype.unwrap_or(amct::graph::DType::F32)));
+        feeds.insert(
+            input.name.clone(),
+            Value::new(t, input.dtype.unwrap_or(amct::graph::DType::F32)),
+        );
     }
     let executor = Executor::new(&model, options)?;
     for _ in 0..warmup {
@@ -175,6 +247,9 @@ fn bench_forward(path: &Path, batch: usize, iters: usize, warmup: usize, device:
     }
     let secs = start.elapsed().as_secs_f64();
     let images = (iters * batch) as f64;
-    println!("{}", serde_json::json!({ "images_per_s": images / secs, "seconds": secs, "iters": iters, "batch": batch }));
+    println!(
+        "{}",
+        serde_json::json!({ "images_per_s": images / secs, "seconds": secs, "iters": iters, "batch": batch })
+    );
     Ok(())
 }

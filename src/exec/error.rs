@@ -5,7 +5,11 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ExecError {
     #[error("node {node}: op '{op_type}' is not supported by amct's executor: {reason}")]
-    Unsupported { node: String, op_type: String, reason: String },
+    Unsupported {
+        node: String,
+        op_type: String,
+        reason: String,
+    },
     #[error("node {node}: {reason}")]
     Op { node: String, reason: String },
     #[error("input '{name}': {reason}")]

@@ -19,7 +19,10 @@ pub struct ExecOptions {
 
 impl Default for ExecOptions {
     fn default() -> Self {
-        ExecOptions { device: Device::Cpu, float: CDType::F32 }
+        ExecOptions {
+            device: Device::Cpu,
+            float: CDType::F32,
+        }
     }
 }
 
@@ -55,11 +58,27 @@ impl Executor {
                 constants.insert(name.clone(), value);
             }
         }
+        for sparse in &graph.sparse_initializers {
+            let t = crate::onnx::sparse_to_dense(sparse, None).map_err(|e| ExecError::Input {
+                name: "sparse initializer".into(),
+                reason: e.to_string(),
+            })?;
+            let value = Value::from_ir(&t, &options.device, options.float)?;
+            if t.dtype.is_float() {
+                params.insert(t.name.clone(), (Var::from_tensor(&value.tensor)?, t.dtype));
+            } else {
+                constants.insert(t.name.clone(), value);
+            }
+        }
         let outputs: Vec<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
         let frees_after = lifetimes(&nodes, &outputs);
         Ok(Executor {
             nodes,
-            inputs: graph.inputs.iter().map(|i| (i.name.clone(), i.dtype)).collect(),
+            inputs: graph
+                .inputs
+                .iter()
+                .map(|i| (i.name.clone(), i.dtype))
+                .collect(),
             outputs,
             opset: model.onnx_opset(),
             options,
@@ -92,12 +111,20 @@ impl Executor {
         let env = self.run_keep(feeds, &[])?;
         self.outputs
             .iter()
-            .map(|name| env.get(name).cloned().ok_or_else(|| ExecError::Missing(name.clone())))
+            .map(|name| {
+                env.get(name)
+                    .cloned()
+                    .ok_or_else(|| ExecError::Missing(name.clone()))
+            })
             .collect()
     }
 
     /// Runs the graph keeping the named intermediate values as well as the outputs.
-    pub fn run_keep(&self, feeds: &HashMap<String, Value>, keep: &[&str]) -> Result<HashMap<String, Value>> {
+    pub fn run_keep(
+        &self,
+        feeds: &HashMap<String, Value>,
+        keep: &[&str],
+    ) -> Result<HashMap<String, Value>> {
         let mut env: HashMap<String, Value> = self.constants.clone();
         for (name, (var, dtype)) in &self.params {
             env.insert(name.clone(), Value::new(var.as_tensor().clone(), *dtype));
@@ -117,7 +144,10 @@ impl Executor {
                     if n.is_empty() {
                         return Ok(None);
                     }
-                    env.get(n).cloned().map(Some).ok_or_else(|| ExecError::Missing(n.clone()))
+                    env.get(n)
+                        .cloned()
+                        .map(Some)
+                        .ok_or_else(|| ExecError::Missing(n.clone()))
                 })
                 .collect::<Result<Vec<_>>>()?;
             let ctx = OpCtx {
@@ -146,17 +176,21 @@ impl Executor {
     fn coerce_feed(&self, name: &str, v: &Value, dtype: Option<DType>) -> Result<Value> {
         let t = v.tensor.to_device(&self.options.device)?;
         let dtype = dtype.unwrap_or(v.dtype);
-        let storage = super::storage_dtype(dtype, self.options.float).ok_or_else(|| ExecError::Input {
-            name: name.to_string(),
-            reason: format!("element type {dtype} is not supported"),
-        })?;
+        let storage =
+            super::storage_dtype(dtype, self.options.float).ok_or_else(|| ExecError::Input {
+                name: name.to_string(),
+                reason: format!("element type {dtype} is not supported"),
+            })?;
         Ok(Value::new(t.to_dtype(storage)?, dtype))
     }
 }
 
 fn with_node(e: ExecError, node: &Node) -> ExecError {
     match e {
-        ExecError::Candle(c) => ExecError::Op { node: node.label(), reason: c.to_string() },
+        ExecError::Candle(c) => ExecError::Op {
+            node: node.label(),
+            reason: c.to_string(),
+        },
         other => other,
     }
 }

@@ -20,7 +20,10 @@ pub fn parse_device(name: &str) -> Result<candle_core::Device> {
     match name {
         "cpu" => Ok(candle_core::Device::Cpu),
         "cuda" => Ok(candle_core::Device::new_cuda(0)?),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+        other => match other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             Some(n) => Ok(candle_core::Device::new_cuda(n)?),
             None => Err(ExecError::Input {
                 name: "--device".into(),

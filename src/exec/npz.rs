@@ -13,7 +13,10 @@ use super::Value;
 use crate::graph::DType;
 
 fn npz_err(path: &Path, reason: impl std::fmt::Display) -> ExecError {
-    ExecError::Input { name: path.display().to_string(), reason: reason.to_string() }
+    ExecError::Input {
+        name: path.display().to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Reads every array of an .npz file, keyed by its name (".npy" stripped).
@@ -21,7 +24,8 @@ pub fn read_npz(path: &Path, device: &Device, float: CDType) -> Result<HashMap<S
     if !path.exists() {
         return Err(npz_err(path, "file not found"));
     }
-    let arrays = Tensor::read_npz(path).map_err(|e| npz_err(path, format!("cannot read as .npz: {e}")))?;
+    let arrays =
+        Tensor::read_npz(path).map_err(|e| npz_err(path, format!("cannot read as .npz: {e}")))?;
     let mut out = HashMap::new();
     for (name, t) in arrays {
         let dtype = match t.dtype() {
@@ -34,11 +38,19 @@ pub fn read_npz(path: &Path, device: &Device, float: CDType) -> Result<HashMap<S
             CDType::I16 => DType::I16,
             CDType::I32 => DType::I32,
             CDType::I64 => DType::I64,
-            other => return Err(npz_err(path, format!("array '{name}' has unsupported type {other:?}"))),
+            other => {
+                return Err(npz_err(
+                    path,
+                    format!("array '{name}' has unsupported type {other:?}"),
+                ))
+            }
         };
         let storage = if dtype.is_float() { float } else { CDType::I64 };
         let t = t.to_dtype(storage)?.to_device(device)?;
-        out.insert(name.trim_end_matches(".npy").to_string(), Value::new(t, dtype));
+        out.insert(
+            name.trim_end_matches(".npy").to_string(),
+            Value::new(t, dtype),
+        );
     }
     Ok(out)
 }

@@ -34,28 +34,46 @@ impl Value {
 
     /// Converts an IR constant to a runtime value on `device`.
     pub fn from_ir(t: &IrTensor, device: &Device, float: CDType) -> Result<Self> {
-        let bad = |reason: &str| ExecError::Input { name: t.name.clone(), reason: reason.to_string() };
+        let bad = |reason: &str| ExecError::Input {
+            name: t.name.clone(),
+            reason: reason.to_string(),
+        };
         let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
         let tensor = if t.dtype.is_float() {
-            let values = t.to_f64_vec().ok_or_else(|| bad("cannot read float data"))?;
+            let values = t
+                .to_f64_vec()
+                .ok_or_else(|| bad("cannot read float data"))?;
             Tensor::from_vec(values, shape, device)?.to_dtype(float)?
         } else if t.dtype.is_integer() {
-            let values = t.to_i64_vec().ok_or_else(|| bad("cannot read integer data"))?;
+            let values = t
+                .to_i64_vec()
+                .ok_or_else(|| bad("cannot read integer data"))?;
             Tensor::from_vec(values, shape, device)?
         } else {
-            return Err(bad(&format!("element type {} is not supported by the executor", t.dtype)));
+            return Err(bad(&format!(
+                "element type {} is not supported by the executor",
+                t.dtype
+            )));
         };
         Ok(Value::new(tensor, t.dtype))
     }
 
     /// The elements as i64 (for shape-like inputs: axes, shapes, indices).
     pub fn to_i64_vec(&self) -> Result<Vec<i64>> {
-        Ok(self.tensor.flatten_all()?.to_dtype(CDType::I64)?.to_vec1::<i64>()?)
+        Ok(self
+            .tensor
+            .flatten_all()?
+            .to_dtype(CDType::I64)?
+            .to_vec1::<i64>()?)
     }
 
     /// The elements as f64.
     pub fn to_f64_vec(&self) -> Result<Vec<f64>> {
-        Ok(self.tensor.flatten_all()?.to_dtype(CDType::F64)?.to_vec1::<f64>()?)
+        Ok(self
+            .tensor
+            .flatten_all()?
+            .to_dtype(CDType::F64)?
+            .to_vec1::<f64>()?)
     }
 
     /// True when stored as a candle float tensor.

@@ -21,4 +21,4 @@ pub use node::Node;
 pub use tensor::{Tensor, TensorData};
 pub use topo::{sort_topologically, topological_order};
 pub use value::{shape_string, Dim, ValueInfo};
-pub use verify::verify;
+pub use verify::{verify, verify_model};

@@ -50,12 +50,17 @@ impl Node {
 
     /// The attribute called `name`, if present.
     pub fn attr(&self, name: &str) -> Option<&AttributeProto> {
-        self.attributes.iter().find(|a| a.name.as_deref() == Some(name))
+        self.attributes
+            .iter()
+            .find(|a| a.name.as_deref() == Some(name))
     }
 
     /// Input `i` if present and not the empty "omitted" name.
     pub fn input(&self, i: usize) -> Option<&str> {
-        self.inputs.get(i).map(String::as_str).filter(|s| !s.is_empty())
+        self.inputs
+            .get(i)
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
     }
 
     pub fn attr_int(&self, name: &str) -> Option<i64> {

@@ -52,7 +52,11 @@ impl Tensor {
                 reason: format!(
                     "data is {} bytes but shape {dims:?} of {dtype} needs {expected} bytes{}",
                     bytes.len(),
-                    if bytes.len() < expected { " (data shorter than its shape)" } else { "" }
+                    if bytes.len() < expected {
+                        " (data shorter than its shape)"
+                    } else {
+                        ""
+                    }
                 ),
                 name,
             });
@@ -68,13 +72,21 @@ impl Tensor {
     }
 
     /// A float32 tensor from values.
-    pub fn from_f32(name: impl Into<String>, dims: Vec<i64>, values: &[f32]) -> Result<Self, GraphError> {
+    pub fn from_f32(
+        name: impl Into<String>,
+        dims: Vec<i64>,
+        values: &[f32],
+    ) -> Result<Self, GraphError> {
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         Tensor::from_raw(name, DType::F32, dims, bytes)
     }
 
     /// An int64 tensor from values.
-    pub fn from_i64(name: impl Into<String>, dims: Vec<i64>, values: &[i64]) -> Result<Self, GraphError> {
+    pub fn from_i64(
+        name: impl Into<String>,
+        dims: Vec<i64>,
+        values: &[i64],
+    ) -> Result<Self, GraphError> {
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         Tensor::from_raw(name, DType::I64, dims, bytes)
     }
@@ -104,7 +116,9 @@ impl Tensor {
     pub fn to_f64_vec(&self) -> Option<Vec<f64>> {
         let raw = self.raw()?;
         Some(match self.dtype {
-            DType::F32 => chunks::<4>(raw).map(|b| f32::from_le_bytes(b) as f64).collect(),
+            DType::F32 => chunks::<4>(raw)
+                .map(|b| f32::from_le_bytes(b) as f64)
+                .collect(),
             DType::F64 => chunks::<8>(raw).map(f64::from_le_bytes).collect(),
             DType::F16 => chunks::<2>(raw)
                 .map(|b| half::f16::from_le_bytes(b).to_f64())
@@ -129,11 +143,21 @@ impl Tensor {
         let raw = self.raw()?;
         Some(match self.dtype {
             DType::I64 => chunks::<8>(raw).map(i64::from_le_bytes).collect(),
-            DType::I32 => chunks::<4>(raw).map(|b| i32::from_le_bytes(b) as i64).collect(),
-            DType::U32 => chunks::<4>(raw).map(|b| u32::from_le_bytes(b) as i64).collect(),
-            DType::U64 => chunks::<8>(raw).map(|b| u64::from_le_bytes(b) as i64).collect(),
-            DType::I16 => chunks::<2>(raw).map(|b| i16::from_le_bytes(b) as i64).collect(),
-            DType::U16 => chunks::<2>(raw).map(|b| u16::from_le_bytes(b) as i64).collect(),
+            DType::I32 => chunks::<4>(raw)
+                .map(|b| i32::from_le_bytes(b) as i64)
+                .collect(),
+            DType::U32 => chunks::<4>(raw)
+                .map(|b| u32::from_le_bytes(b) as i64)
+                .collect(),
+            DType::U64 => chunks::<8>(raw)
+                .map(|b| u64::from_le_bytes(b) as i64)
+                .collect(),
+            DType::I16 => chunks::<2>(raw)
+                .map(|b| i16::from_le_bytes(b) as i64)
+                .collect(),
+            DType::U16 => chunks::<2>(raw)
+                .map(|b| u16::from_le_bytes(b) as i64)
+                .collect(),
             DType::I8 => raw.iter().map(|&b| b as i8 as i64).collect(),
             DType::U8 | DType::BOOL => raw.iter().map(|&b| b as i64).collect(),
             _ => return None,

@@ -39,7 +39,9 @@ pub fn topological_order(graph: &Graph) -> Result<Vec<usize>, GraphError> {
             .take(8)
             .map(|i| graph.nodes[i].label())
             .collect();
-        return Err(GraphError::Cycle { nodes: stuck.join(", ") });
+        return Err(GraphError::Cycle {
+            nodes: stuck.join(", "),
+        });
     }
     Ok(order)
 }
@@ -50,7 +52,10 @@ pub fn sort_topologically(graph: &mut Graph) -> Result<(), GraphError> {
     if order.iter().enumerate().all(|(i, &j)| i == j) {
         return Ok(());
     }
-    let mut nodes: Vec<Option<_>> = std::mem::take(&mut graph.nodes).into_iter().map(Some).collect();
+    let mut nodes: Vec<Option<_>> = std::mem::take(&mut graph.nodes)
+        .into_iter()
+        .map(Some)
+        .collect();
     graph.nodes = order.into_iter().filter_map(|i| nodes[i].take()).collect();
     Ok(())
 }

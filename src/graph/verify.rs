@@ -9,10 +9,22 @@ use std::collections::HashMap;
 
 use super::{topological_order, Dim, Graph, GraphError};
 
+/// Checks a whole model: the graph's consistency, then that the shapes and
+/// types of every op agree (static shape inference finds no contradiction).
+pub fn verify_model(model: &super::Model) -> Result<(), GraphError> {
+    verify(&model.graph)?;
+    super::shape_infer::infer_shapes(model, &Default::default())?;
+    Ok(())
+}
+
 /// Checks the graph's consistency; returns the first problem found.
 pub fn verify(graph: &Graph) -> Result<(), GraphError> {
     let mut defined: HashMap<&str, String> = HashMap::new();
-    fn define<'a>(defined: &mut HashMap<&'a str, String>, name: &'a str, by: String) -> Result<(), GraphError> {
+    fn define<'a>(
+        defined: &mut HashMap<&'a str, String>,
+        name: &'a str,
+        by: String,
+    ) -> Result<(), GraphError> {
         if name.is_empty() {
             return Ok(());
         }
@@ -62,14 +74,20 @@ pub fn verify(graph: &Graph) -> Result<(), GraphError> {
 }
 
 fn check_tensor_data(tensor: &super::Tensor) -> Result<(), GraphError> {
-    let Some(raw) = tensor.raw() else { return Ok(()) };
+    let Some(raw) = tensor.raw() else {
+        return Ok(());
+    };
     let numel = super::tensor::numel_of(&tensor.dims);
     let expected = numel.and_then(|n| tensor.dtype.byte_len(n));
     match expected {
         Some(e) if e == raw.len() => Ok(()),
         Some(e) => Err(GraphError::BadTensor {
             name: tensor.name.clone(),
-            reason: format!("data is {} bytes, shape {:?} needs {e}", raw.len(), tensor.dims),
+            reason: format!(
+                "data is {} bytes, shape {:?} needs {e}",
+                raw.len(),
+                tensor.dims
+            ),
         }),
         None => Err(GraphError::BadTensor {
             name: tensor.name.clone(),
@@ -80,7 +98,11 @@ fn check_tensor_data(tensor: &super::Tensor) -> Result<(), GraphError> {
 
 /// A value_info entry recorded for an initializer must match the data.
 fn check_recorded_shapes(graph: &Graph) -> Result<(), GraphError> {
-    for info in graph.value_info.iter().chain(&graph.overridable_initializers) {
+    for info in graph
+        .value_info
+        .iter()
+        .chain(&graph.overridable_initializers)
+    {
         let (Some(tensor), Some(shape)) = (graph.initializers.get(&info.name), &info.shape) else {
             continue;
         };

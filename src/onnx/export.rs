@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 
 use super::proto::{
-    tensor_proto::DataLocation, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
-    TensorProto,
+    tensor_proto::DataLocation, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
+    StringStringEntryProto, TensorProto,
 };
 use super::tensor_io::tensor_to_proto;
 use super::value_io::{entries_to_proto, opt_string, value_info_to_proto};
@@ -37,7 +37,10 @@ pub fn model_to_proto(model: &Model) -> ModelProto {
         opset_import: model
             .opsets
             .iter()
-            .map(|o| OperatorSetIdProto { domain: Some(o.domain.clone()), version: Some(o.version) })
+            .map(|o| OperatorSetIdProto {
+                domain: Some(o.domain.clone()),
+                version: Some(o.version),
+            })
             .collect(),
         producer_name: opt_string(&model.producer_name),
         producer_version: opt_string(&model.producer_version),
@@ -55,9 +58,18 @@ pub fn model_to_proto(model: &Model) -> ModelProto {
 /// Writes `model` to `path` atomically, with external data if asked or needed.
 pub fn save_model(model: &Model, path: &Path, options: &ExportOptions) -> Result<(), OnnxError> {
     let mut proto = model_to_proto(model);
-    let inline_size: usize = model.graph.initializers.values().map(|t| t.byte_size()).sum();
+    let inline_size: usize = model
+        .graph
+        .initializers
+        .values()
+        .map(|t| t.byte_size())
+        .sum();
     if options.external_data || inline_size > INLINE_LIMIT {
-        let threshold = if options.external_data { options.external_threshold } else { 1024 };
+        let threshold = if options.external_data {
+            options.external_threshold
+        } else {
+            1024
+        };
         move_to_external(&mut proto, path, threshold)?;
     }
     write_atomically(path, &proto.encode_to_vec())
@@ -105,16 +117,24 @@ pub(crate) fn node_to_proto(n: &Node) -> NodeProto {
 }
 
 /// Moves initializer payloads of at least `threshold` bytes to `<path>.data`.
-fn move_to_external(proto: &mut ModelProto, path: &Path, threshold: usize) -> Result<(), OnnxError> {
+fn move_to_external(
+    proto: &mut ModelProto,
+    path: &Path,
+    threshold: usize,
+) -> Result<(), OnnxError> {
     let data_path = external_data_path(path);
     let location = data_path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model.onnx.data".into());
     let mut blob: Vec<u8> = Vec::new();
-    let Some(graph) = proto.graph.as_mut() else { return Ok(()) };
+    let Some(graph) = proto.graph.as_mut() else {
+        return Ok(());
+    };
     for t in graph.initializer.iter_mut() {
-        let Some(raw) = t.raw_data.take_if(|r| r.len() >= threshold.max(1)) else { continue };
+        let Some(raw) = t.raw_data.take_if(|r| r.len() >= threshold.max(1)) else {
+            continue;
+        };
         if raw.len() >= 4096 {
             blob.resize(blob.len().next_multiple_of(4096), 0);
         }
@@ -125,7 +145,10 @@ fn move_to_external(proto: &mut ModelProto, path: &Path, threshold: usize) -> Re
 }
 
 fn set_external(t: &mut TensorProto, location: &str, offset: usize, length: usize) {
-    let entry = |k: &str, v: String| StringStringEntryProto { key: Some(k.into()), value: Some(v) };
+    let entry = |k: &str, v: String| StringStringEntryProto {
+        key: Some(k.into()),
+        value: Some(v),
+    };
     t.data_location = Some(DataLocation::External as i32);
     t.external_data = vec![
         entry("location", location.to_string()),
@@ -143,7 +166,10 @@ pub fn external_data_path(path: &Path) -> PathBuf {
 
 /// Writes `bytes` to a temporary file next to `path`, syncs it and renames it into place.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
-    let err = |source| OnnxError::Write { path: path.to_path_buf(), source };
+    let err = |source| OnnxError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

@@ -18,49 +18,80 @@ use super::proto::{GraphProto, ModelProto, NodeProto};
 use super::tensor_io::tensor_from_proto;
 use super::value_io::{entries_from_proto, value_info_from_proto};
 use super::OnnxError;
-use crate::graph::{verify, Graph, Model, Node, OpsetId, Tensor};
+use crate::graph::{verify, verify_model, Graph, Model, Node, OpsetId, Tensor};
 
 /// Reads, decodes, normalizes and verifies a model file.
 pub fn load_model(path: &Path) -> Result<Model, OnnxError> {
-    let bytes = std::fs::read(path).map_err(|source| OnnxError::Read { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| OnnxError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     model_from_bytes(&bytes, path)
 }
 
 /// Decodes model bytes; `path` names the file in errors and locates external data.
 pub fn model_from_bytes(bytes: &[u8], path: &Path) -> Result<Model, OnnxError> {
     if bytes.is_empty() {
-        return Err(OnnxError::Invalid { path: path.to_path_buf(), reason: "the file is empty".into() });
+        return Err(OnnxError::Invalid {
+            path: path.to_path_buf(),
+            reason: "the file is empty".into(),
+        });
     }
-    let proto = ModelProto::decode(bytes).map_err(|source| OnnxError::Decode { path: path.to_path_buf(), source })?;
-    model_from_proto(&proto, path.parent())
-        .map_err(|e| match e {
-            OnnxError::Tensor { name, reason } => OnnxError::Invalid {
-                path: path.to_path_buf(),
-                reason: format!("tensor '{name}': {reason}"),
-            },
-            OnnxError::Invalid { reason, .. } => OnnxError::Invalid { path: path.to_path_buf(), reason },
-            OnnxError::Graph { source, .. } => OnnxError::Graph { path: path.to_path_buf(), source },
-            other => other,
-        })
+    let proto = ModelProto::decode(bytes).map_err(|source| OnnxError::Decode {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    model_from_proto(&proto, path.parent()).map_err(|e| match e {
+        OnnxError::Tensor { name, reason } => OnnxError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("tensor '{name}': {reason}"),
+        },
+        OnnxError::Invalid { reason, .. } => OnnxError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        },
+        OnnxError::Graph { source, .. } => OnnxError::Graph {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => other,
+    })
 }
 
 /// Converts a decoded model; `base_dir` resolves external data.
 pub fn model_from_proto(proto: &ModelProto, base_dir: Option<&Path>) -> Result<Model, OnnxError> {
-    let invalid = |reason: String| OnnxError::Invalid { path: Default::default(), reason };
-    let graph_proto = proto.graph.as_ref().ok_or_else(|| invalid("the model has no graph".into()))?;
+    let invalid = |reason: String| OnnxError::Invalid {
+        path: Default::default(),
+        reason,
+    };
+    let graph_proto = proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| invalid("the model has no graph".into()))?;
     let ir_version = proto.ir_version.unwrap_or(0);
     if ir_version <= 0 {
-        return Err(invalid("ir_version is missing (is this an ONNX model?)".into()));
+        return Err(invalid(
+            "ir_version is missing (is this an ONNX model?)".into(),
+        ));
     }
     let mut graph = graph_from_proto(graph_proto, base_dir)?;
-    normalize_constants(&mut graph).map_err(|source| OnnxError::Graph { path: Default::default(), source })?;
-    verify(&graph).map_err(|source| OnnxError::Graph { path: Default::default(), source })?;
-    Ok(Model {
+    normalize_constants(&mut graph).map_err(|source| OnnxError::Graph {
+        path: Default::default(),
+        source,
+    })?;
+    verify(&graph).map_err(|source| OnnxError::Graph {
+        path: Default::default(),
+        source,
+    })?;
+    let model = Model {
         ir_version,
         opsets: proto
             .opset_import
             .iter()
-            .map(|o| OpsetId { domain: o.domain.clone().unwrap_or_default(), version: o.version.unwrap_or(0) })
+            .map(|o| OpsetId {
+                domain: o.domain.clone().unwrap_or_default(),
+                version: o.version.unwrap_or(0),
+            })
             .collect(),
         producer_name: proto.producer_name.clone().unwrap_or_default(),
         producer_version: proto.producer_version.clone().unwrap_or_default(),
@@ -72,7 +103,12 @@ pub fn model_from_proto(proto: &ModelProto, base_dir: Option<&Path>) -> Result<M
         functions: proto.functions.clone(),
         training_info: proto.training_info.clone(),
         configuration: proto.configuration.clone(),
-    })
+    };
+    verify_model(&model).map_err(|source| OnnxError::Graph {
+        path: Default::default(),
+        source,
+    })?;
+    Ok(model)
 }
 
 fn graph_from_proto(g: &GraphProto, base_dir: Option<&Path>) -> Result<Graph, OnnxError> {
@@ -90,7 +126,10 @@ fn graph_from_proto(g: &GraphProto, base_dir: Option<&Path>) -> Result<Graph, On
     for t in &g.initializer {
         let tensor = tensor_from_proto(t, base_dir)?;
         if tensor.name.is_empty() {
-            return Err(OnnxError::Invalid { path: Default::default(), reason: "an initializer has no name".into() });
+            return Err(OnnxError::Invalid {
+                path: Default::default(),
+                reason: "an initializer has no name".into(),
+            });
         }
         graph.initializers.insert(tensor.name.clone(), tensor);
     }
@@ -131,7 +170,11 @@ fn normalize_constants(graph: &mut Graph) -> Result<(), crate::graph::GraphError
             && node.outputs.len() == 1
             && !graph_outputs.contains(&node.outputs[0])
             && !graph.initializers.contains_key(&node.outputs[0]);
-        match convertible.then(|| constant_value(&node)).transpose()?.flatten() {
+        match convertible
+            .then(|| constant_value(&node))
+            .transpose()?
+            .flatten()
+        {
             Some(mut tensor) => {
                 tensor.name = node.outputs[0].clone();
                 graph.initializers.insert(tensor.name.clone(), tensor);

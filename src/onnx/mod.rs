@@ -7,10 +7,12 @@ mod export;
 mod import;
 #[allow(clippy::all, missing_docs, rustdoc::all)]
 pub mod proto;
+mod sparse;
 mod tensor_io;
 mod value_io;
 
 pub use error::OnnxError;
 pub use export::{model_to_proto, save_model, ExportOptions};
 pub use import::{load_model, model_from_bytes, model_from_proto};
+pub use sparse::sparse_to_dense;
 pub use tensor_io::{tensor_from_proto, tensor_to_proto};

@@ -9,14 +9,22 @@ use crate::graph::{DType, Dim, ValueInfo};
 pub(crate) fn entries_from_proto(entries: &[StringStringEntryProto]) -> Vec<(String, String)> {
     entries
         .iter()
-        .map(|e| (e.key.clone().unwrap_or_default(), e.value.clone().unwrap_or_default()))
+        .map(|e| {
+            (
+                e.key.clone().unwrap_or_default(),
+                e.value.clone().unwrap_or_default(),
+            )
+        })
         .collect()
 }
 
 pub(crate) fn entries_to_proto(entries: &[(String, String)]) -> Vec<StringStringEntryProto> {
     entries
         .iter()
-        .map(|(k, v)| StringStringEntryProto { key: Some(k.clone()), value: Some(v.clone()) })
+        .map(|(k, v)| StringStringEntryProto {
+            key: Some(k.clone()),
+            value: Some(v.clone()),
+        })
         .collect()
 }
 
@@ -28,10 +36,19 @@ pub(crate) fn value_info_from_proto(v: &ValueInfoProto) -> ValueInfo {
         ..Default::default()
     };
     match &v.r#type {
-        Some(TypeProto { value: Some(type_proto::Value::TensorType(t)), denotation: None }) => {
+        Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(t)),
+            denotation: None,
+        }) => {
             info.dtype = t.elem_type.filter(|&e| e != 0).map(DType);
-            info.shape = t.shape.as_ref().map(|s| s.dim.iter().map(dim_from_proto).collect());
-            if t.shape.as_ref().is_some_and(|s| s.dim.iter().any(|d| d.denotation.is_some())) {
+            info.shape = t
+                .shape
+                .as_ref()
+                .map(|s| s.dim.iter().map(dim_from_proto).collect());
+            if t.shape
+                .as_ref()
+                .is_some_and(|s| s.dim.iter().any(|d| d.denotation.is_some()))
+            {
                 info.raw_type = v.r#type.clone();
             }
         }

@@ -53,8 +53,17 @@ pub fn single_op_model(
     let mut graph = Graph {
         name: "test".into(),
         nodes: vec![node],
-        inputs: inputs.iter().map(|(n, s)| ValueInfo::tensor(n, DType::F32, s)).collect(),
-        outputs: outputs.iter().map(|n| ValueInfo { name: n.clone(), ..Default::default() }).collect(),
+        inputs: inputs
+            .iter()
+            .map(|(n, s)| ValueInfo::tensor(n, DType::F32, s))
+            .collect(),
+        outputs: outputs
+            .iter()
+            .map(|n| ValueInfo {
+                name: n.clone(),
+                ..Default::default()
+            })
+            .collect(),
         ..Default::default()
     };
     for t in inits {
@@ -62,7 +71,10 @@ pub fn single_op_model(
     }
     Model {
         ir_version: 8,
-        opsets: vec![OpsetId { domain: String::new(), version: opset }],
+        opsets: vec![OpsetId {
+            domain: String::new(),
+            version: opset,
+        }],
         graph,
         ..Default::default()
     }
@@ -71,7 +83,11 @@ pub fn single_op_model(
 /// A float32 initializer with random values.
 pub fn random_init(rng: &mut Rng, name: &str, dims: &[i64], gap: f64) -> Tensor {
     let n: i64 = dims.iter().product();
-    let v: Vec<f32> = rng.away_from_zero(n as usize, gap).into_iter().map(|x| x as f32).collect();
+    let v: Vec<f32> = rng
+        .away_from_zero(n as usize, gap)
+        .into_iter()
+        .map(|x| x as f32)
+        .collect();
     Tensor::from_f32(name, dims.to_vec(), &v).expect("valid test tensor")
 }
 

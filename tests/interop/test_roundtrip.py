@@ -41,7 +41,13 @@ def test_convert_roundtrip(name, tmp_path):
     dst = _convert(model_path(name), tmp_path)
     onnx.checker.check_model(str(dst), full_check=meta["full_check"])
     src_m, dst_m = onnx.load(str(model_path(name))), onnx.load(str(dst))
-    assert Counter(n.op_type for n in dst_m.graph.node) == Counter(meta["ops"]), "op histogram changed"
+    # Import turns Constant nodes holding weights into initializers (paddle2onnx
+    # style); every other op must survive unchanged.
+    got = Counter(n.op_type for n in dst_m.graph.node)
+    want = Counter(meta["ops"])
+    assert got["Constant"] <= want["Constant"], "Constant nodes were added"
+    del got["Constant"], want["Constant"]
+    assert got == want, "op histogram changed"
     inits = {t.name for t in dst_m.graph.initializer} | {s.values.name for s in dst_m.graph.sparse_initializer}
     assert [i.name for i in dst_m.graph.input if i.name not in inits] == meta["inputs"]
     assert [o.name for o in dst_m.graph.output] == meta["outputs"]

@@ -41,7 +41,9 @@ pub fn leaky_relu(ctx: &OpCtx) -> Result<Vec<Value>> {
 
 pub fn prelu(ctx: &OpCtx) -> Result<Vec<Value>> {
     let slope = ctx.float_tensor(1)?;
-    unary(ctx, |x| x.relu()? - x.neg()?.relu()?.broadcast_mul(&slope)?)
+    unary(ctx, |x| {
+        x.relu()? - x.neg()?.relu()?.broadcast_mul(&slope)?
+    })
 }
 
 pub fn hard_sigmoid(ctx: &OpCtx) -> Result<Vec<Value>> {
@@ -103,7 +105,10 @@ pub fn log_softmax(ctx: &OpCtx) -> Result<Vec<Value>> {
 
 /// Applies `f` along the softmax axis. Before opset 13 the input is viewed
 /// as 2-D ([d0..axis), [axis..)) and `f` runs over the second dimension.
-fn along_axis(ctx: &OpCtx, f: impl Fn(&Tensor, D) -> candle_core::Result<Tensor>) -> Result<Vec<Value>> {
+fn along_axis(
+    ctx: &OpCtx,
+    f: impl Fn(&Tensor, D) -> candle_core::Result<Tensor>,
+) -> Result<Vec<Value>> {
     let v = ctx.input(0)?;
     let x = ctx.float_tensor(0)?;
     let rank = x.rank();

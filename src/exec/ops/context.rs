@@ -50,7 +50,10 @@ impl<'a> OpCtx<'a> {
 
     /// An error about this node.
     pub fn err(&self, reason: &str) -> ExecError {
-        ExecError::Op { node: self.node.label(), reason: reason.to_string() }
+        ExecError::Op {
+            node: self.node.label(),
+            reason: reason.to_string(),
+        }
     }
 
     /// An "unsupported" error about this node.
@@ -85,6 +88,10 @@ impl<'a> OpCtx<'a> {
     /// Input `i` as a float tensor (integers converted), for arithmetic ops.
     pub fn float_tensor(&self, i: usize) -> Result<Tensor> {
         let t = self.tensor(i)?;
-        Ok(if t.dtype().is_float() { t.clone() } else { t.to_dtype(self.float)? })
+        Ok(if t.dtype().is_float() {
+            t.clone()
+        } else {
+            t.to_dtype(self.float)?
+        })
     }
 }

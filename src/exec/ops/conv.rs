@@ -21,7 +21,10 @@ struct Geometry {
 fn spatial_rank(node: &Node) -> std::result::Result<(), String> {
     if let Some(k) = node.attr_ints("kernel_shape") {
         if k.len() > 2 {
-            return Err(format!("{}-D convolution (only 1-D and 2-D are supported)", k.len()));
+            return Err(format!(
+                "{}-D convolution (only 1-D and 2-D are supported)",
+                k.len()
+            ));
         }
     }
     match node.attr_string("auto_pad").as_deref() {
@@ -57,10 +60,20 @@ fn attr2(node: &Node, name: &str, n: usize, default: usize) -> Vec<usize> {
         .filter(|v| !v.is_empty())
         .map(|v| v.iter().map(|&x| x.max(0) as usize).collect())
         .unwrap_or_else(|| vec![default; n]);
-    if n == 1 { vec![default, v[0]] } else { v }
+    if n == 1 {
+        vec![default, v[0]]
+    } else {
+        v
+    }
 }
 
-fn geometry(ctx: &OpCtx, spatial: &[usize], kernel: [usize; 2], n: usize, transpose: bool) -> Result<Geometry> {
+fn geometry(
+    ctx: &OpCtx,
+    spatial: &[usize],
+    kernel: [usize; 2],
+    n: usize,
+    transpose: bool,
+) -> Result<Geometry> {
     let node = ctx.node;
     let stride = attr2(node, "strides", n, 1);
     let dilation = attr2(node, "dilations", n, 1);
@@ -69,9 +82,17 @@ fn geometry(ctx: &OpCtx, spatial: &[usize], kernel: [usize; 2], n: usize, transp
         .map(|p| p.iter().map(|&x| x.max(0) as usize).collect())
         .unwrap_or_else(|| vec![0; 2 * n]);
     if raw_pads.len() != 2 * n {
-        return Err(ctx.err(&format!("pads has {} entries, expected {}", raw_pads.len(), 2 * n)));
+        return Err(ctx.err(&format!(
+            "pads has {} entries, expected {}",
+            raw_pads.len(),
+            2 * n
+        )));
     }
-    let mut pads = if n == 1 { [0, raw_pads[0], 0, raw_pads[1]] } else { [raw_pads[0], raw_pads[1], raw_pads[2], raw_pads[3]] };
+    let mut pads = if n == 1 {
+        [0, raw_pads[0], 0, raw_pads[1]]
+    } else {
+        [raw_pads[0], raw_pads[1], raw_pads[2], raw_pads[3]]
+    };
     let auto_pad = node.attr_string("auto_pad").unwrap_or_default();
     if !transpose && (auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
         for a in 0..2 {
@@ -80,14 +101,23 @@ fn geometry(ctx: &OpCtx, spatial: &[usize], kernel: [usize; 2], n: usize, transp
             let needed = (out.saturating_sub(1)) * stride[a] + (kernel[a] - 1) * dilation[a] + 1;
             let total = needed.saturating_sub(input);
             let small = total / 2;
-            let (begin, end) = if auto_pad == "SAME_UPPER" { (small, total - small) } else { (total - small, small) };
+            let (begin, end) = if auto_pad == "SAME_UPPER" {
+                (small, total - small)
+            } else {
+                (total - small, small)
+            };
             pads[a] = begin;
             pads[a + 2] = end;
         }
     } else if auto_pad == "VALID" {
         pads = [0; 4];
     }
-    Ok(Geometry { kernel, stride: [stride[0], stride[1]], dilation: [dilation[0], dilation[1]], pads })
+    Ok(Geometry {
+        kernel,
+        stride: [stride[0], stride[1]],
+        dilation: [dilation[0], dilation[1]],
+        pads,
+    })
 }
 
 /// Makes input and weight 4-D; returns the number of spatial axes (1 or 2).
@@ -95,7 +125,9 @@ fn to_4d(ctx: &OpCtx, x: &Tensor, w: &Tensor) -> Result<(Tensor, Tensor, usize)>
     match x.rank() {
         3 => Ok((x.unsqueeze(2)?, w.unsqueeze(2)?, 1)),
         4 => Ok((x.clone(), w.clone(), 2)),
-        r => Err(ctx.unsupported(&format!("input of rank {r} (only 1-D and 2-D convolutions)"))),
+        r => Err(ctx.unsupported(&format!(
+            "input of rank {r} (only 1-D and 2-D convolutions)"
+        ))),
     }
 }
 
@@ -136,7 +168,9 @@ fn pad_exactly(ctx: &OpCtx, x: &Tensor, g: &Geometry, stride: usize) -> Result<(
     let used = |size: usize, a: usize| -> Result<usize> {
         let extent = (g.kernel[a] - 1) * g.dilation[a] + 1;
         if size < extent {
-            return Err(ctx.err(&format!("padded input size {size} is smaller than the kernel extent {extent}")));
+            return Err(ctx.err(&format!(
+                "padded input size {size} is smaller than the kernel extent {extent}"
+            )));
         }
         Ok((size - extent) / stride * stride + extent)
     };
@@ -146,7 +180,9 @@ fn pad_exactly(ctx: &OpCtx, x: &Tensor, g: &Geometry, stride: usize) -> Result<(
     if symmetric && uh == ph && uw == pw {
         return Ok((x.clone(), top));
     }
-    let mut x = x.pad_with_zeros(2, top, bottom)?.pad_with_zeros(3, left, right)?;
+    let mut x = x
+        .pad_with_zeros(2, top, bottom)?
+        .pad_with_zeros(3, left, right)?;
     if uh < ph {
         x = x.narrow(2, 0, uh)?;
     }
@@ -175,7 +211,8 @@ pub fn conv_transpose(ctx: &OpCtx) -> Result<Vec<Value>> {
     let mut g = geometry(ctx, &[h, wd], [kh, kw], n, true)?;
     let groups = ctx.node.int_or("group", 1).max(1) as usize;
     let out_pad = attr2(ctx.node, "output_padding", n, 0);
-    let full = |a: usize, input: usize| (input - 1) * g.stride[a] + (g.kernel[a] - 1) * g.dilation[a] + 1;
+    let full =
+        |a: usize, input: usize| (input - 1) * g.stride[a] + (g.kernel[a] - 1) * g.dilation[a] + 1;
     let inputs = [h, wd];
     let auto_pad = ctx.node.attr_string("auto_pad").unwrap_or_default();
     let output_shape = ctx.node.attr_ints("output_shape").map(|s| s.to_vec());
@@ -187,11 +224,12 @@ pub fn conv_transpose(ctx: &OpCtx) -> Result<Vec<Value>> {
         };
         for a in 0..2 {
             let total = (full(a, inputs[a]) + out_pad[a]).saturating_sub(target[a]);
-            let (begin, end) = if auto_pad == "SAME_UPPER" || output_shape.is_some() && auto_pad != "SAME_LOWER" {
-                (total / 2, total - total / 2)
-            } else {
-                (total - total / 2, total / 2)
-            };
+            let (begin, end) =
+                if auto_pad == "SAME_UPPER" || output_shape.is_some() && auto_pad != "SAME_LOWER" {
+                    (total / 2, total - total / 2)
+                } else {
+                    (total - total / 2, total / 2)
+                };
             g.pads[a] = begin;
             g.pads[a + 2] = end;
         }

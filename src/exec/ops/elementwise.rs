@@ -8,7 +8,10 @@ use super::OpCtx;
 use crate::exec::error::Result;
 use crate::exec::Value;
 
-fn binary(ctx: &OpCtx, f: fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>) -> Result<Vec<Value>> {
+fn binary(
+    ctx: &OpCtx,
+    f: fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+) -> Result<Vec<Value>> {
     let (a, b) = (ctx.input(0)?, ctx.input(1)?);
     let (ta, tb) = same_storage(ctx, &a.tensor, &b.tensor)?;
     Ok(vec![Value::new(f(&ta, &tb)?, a.dtype)])
@@ -64,7 +67,11 @@ pub fn pow(ctx: &OpCtx) -> Result<Vec<Value>> {
         let flip = (negative.broadcast_mul(&odd)? * -2.0)?.affine(1.0, 1.0)?;
         magnitude.broadcast_mul(&flip)?
     };
-    let y = if base.is_float() { y } else { y.round()?.to_dtype(CDType::I64)? };
+    let y = if base.is_float() {
+        y
+    } else {
+        y.round()?.to_dtype(CDType::I64)?
+    };
     Ok(vec![Value::new(y, base.dtype)])
 }
 
@@ -73,7 +80,10 @@ pub fn sqrt(ctx: &OpCtx) -> Result<Vec<Value>> {
     Ok(vec![Value::new(ctx.float_tensor(0)?.sqrt()?, v.dtype)])
 }
 
-fn variadic(ctx: &OpCtx, f: fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>) -> Result<(Tensor, usize)> {
+fn variadic(
+    ctx: &OpCtx,
+    f: fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+) -> Result<(Tensor, usize)> {
     let mut acc = ctx.tensor(0)?.clone();
     let mut count = 1;
     for i in 1..ctx.inputs.len() {

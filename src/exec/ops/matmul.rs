@@ -12,7 +12,11 @@ pub fn gemm(ctx: &OpCtx) -> Result<Vec<Value>> {
     let mut a = ctx.float_tensor(0)?;
     let mut b = ctx.float_tensor(1)?;
     if a.rank() != 2 || b.rank() != 2 {
-        return Err(ctx.err(&format!("Gemm needs 2-D A and B, got {:?} and {:?}", a.dims(), b.dims())));
+        return Err(ctx.err(&format!(
+            "Gemm needs 2-D A and B, got {:?} and {:?}",
+            a.dims(),
+            b.dims()
+        )));
     }
     if ctx.node.int_or("transA", 0) != 0 {
         a = a.t()?;
@@ -21,7 +25,11 @@ pub fn gemm(ctx: &OpCtx) -> Result<Vec<Value>> {
         b = b.t()?;
     }
     if a.dim(1)? != b.dim(0)? {
-        return Err(ctx.err(&format!("Gemm inner dimensions differ: A' {:?}, B' {:?}", a.dims(), b.dims())));
+        return Err(ctx.err(&format!(
+            "Gemm inner dimensions differ: A' {:?}, B' {:?}",
+            a.dims(),
+            b.dims()
+        )));
     }
     let alpha = ctx.node.float_or("alpha", 1.0) as f64;
     let beta = ctx.node.float_or("beta", 1.0) as f64;
@@ -41,7 +49,8 @@ pub fn matmul(ctx: &OpCtx) -> Result<Vec<Value>> {
     let av = ctx.input(0)?;
     let a = ctx.float_tensor(0)?;
     let b = ctx.float_tensor(1)?;
-    let y = matmul_numpy(&a, &b).map_err(|e| ctx.err(&format!("MatMul of {:?} and {:?}: {e}", a.dims(), b.dims())))?;
+    let y = matmul_numpy(&a, &b)
+        .map_err(|e| ctx.err(&format!("MatMul of {:?} and {:?}: {e}", a.dims(), b.dims())))?;
     Ok(vec![Value::new(y, av.dtype)])
 }
 
@@ -58,7 +67,10 @@ pub fn matmul_numpy(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
         let dims = a2.dims().to_vec();
         let k = dims[dims.len() - 1];
         let rows = a2.elem_count() / k;
-        let y = a2.contiguous()?.reshape((rows, k))?.matmul(&b2.contiguous()?)?;
+        let y = a2
+            .contiguous()?
+            .reshape((rows, k))?
+            .matmul(&b2.contiguous()?)?;
         let mut out = dims.clone();
         out[dims.len() - 1] = b2.dim(1)?;
         y.reshape(out)?
@@ -66,5 +78,9 @@ pub fn matmul_numpy(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
         a2.contiguous()?.broadcast_matmul(&b2.contiguous()?)?
     };
     let y = if a_vec { y.squeeze(y.rank() - 2)? } else { y };
-    if b_vec { y.squeeze(y.rank() - 1) } else { Ok(y) }
+    if b_vec {
+        y.squeeze(y.rank() - 1)
+    } else {
+        Ok(y)
+    }
 }

@@ -6,13 +6,23 @@
 //! and attributes are supported; `run` computes a node's outputs.
 
 mod activation;
+mod compare;
 mod context;
 mod conv;
 mod elementwise;
+mod generate;
 mod matmul;
 mod norm;
+#[cfg(test)]
+mod op_test_util;
+mod pad;
 mod pool;
+mod quant;
+mod reduce;
+mod resize;
 mod shape;
+mod slice_gather;
+mod unary_extra;
 
 pub use context::OpCtx;
 
@@ -26,15 +36,26 @@ type CheckFn = fn(&Node) -> std::result::Result<(), String>;
 /// (op type, implementation, attribute check) for every supported ONNX op.
 fn table() -> &'static [(&'static str, OpFn, CheckFn)] {
     use activation as a;
+    use compare as c;
     use elementwise as e;
     use shape as s;
+    use unary_extra as u;
     &[
         ("Conv", conv::conv, conv::check_conv),
-        ("ConvTranspose", conv::conv_transpose, conv::check_conv_transpose),
+        (
+            "ConvTranspose",
+            conv::conv_transpose,
+            conv::check_conv_transpose,
+        ),
         ("Gemm", matmul::gemm, ok),
         ("MatMul", matmul::matmul, ok),
-        ("BatchNormalization", norm::batch_norm, norm::check_batch_norm),
+        (
+            "BatchNormalization",
+            norm::batch_norm,
+            norm::check_batch_norm,
+        ),
         ("LayerNormalization", norm::layer_norm, ok),
+        ("LRN", norm::lrn, ok),
         ("Relu", a::relu, ok),
         ("LeakyRelu", a::leaky_relu, ok),
         ("PRelu", a::prelu, ok),
@@ -76,6 +97,66 @@ fn table() -> &'static [(&'static str, OpFn, CheckFn)] {
         ("Constant", s::constant, ok),
         ("ConstantOfShape", s::constant_of_shape, ok),
         ("Expand", s::expand, ok),
+        ("Slice", slice_gather::slice, ok),
+        ("Gather", slice_gather::gather, ok),
+        ("GatherElements", slice_gather::gather_elements, ok),
+        ("Range", generate::range, ok),
+        ("Tile", generate::tile, ok),
+        ("Pad", pad::pad, pad::check_pad),
+        ("Resize", resize::resize, resize::check_resize),
+        ("Upsample", resize::resize, resize::check_resize),
+        ("ReduceSum", reduce::reduce_sum, ok),
+        ("ReduceMean", reduce::reduce_mean, ok),
+        ("ReduceMax", reduce::reduce_max, ok),
+        ("ReduceMin", reduce::reduce_min, ok),
+        ("ReduceProd", reduce::reduce_prod, ok),
+        ("ReduceL1", reduce::reduce_l1, ok),
+        ("ReduceL2", reduce::reduce_l2, ok),
+        ("ReduceSumSquare", reduce::reduce_sum_square, ok),
+        ("ReduceLogSum", reduce::reduce_log_sum, ok),
+        ("ReduceLogSumExp", reduce::reduce_log_sum_exp, ok),
+        ("ArgMax", reduce::arg_max, ok),
+        ("ArgMin", reduce::arg_min, ok),
+        (
+            "QuantizeLinear",
+            quant::quantize_linear,
+            quant::check_quantize,
+        ),
+        (
+            "DequantizeLinear",
+            quant::dequantize_linear,
+            quant::check_dequantize,
+        ),
+        ("DynamicQuantizeLinear", quant::dynamic_quantize_linear, ok),
+        ("Neg", u::neg, ok),
+        ("Abs", u::abs, ok),
+        ("Sign", u::sign, ok),
+        ("Exp", u::exp, ok),
+        ("Log", u::log, ok),
+        ("Reciprocal", u::reciprocal, ok),
+        ("Sin", u::sin, ok),
+        ("Cos", u::cos, ok),
+        ("Floor", u::floor, ok),
+        ("Ceil", u::ceil, ok),
+        ("Round", u::round, ok),
+        ("Softplus", u::softplus, ok),
+        ("Softsign", u::softsign, ok),
+        ("Mish", u::mish, ok),
+        ("Elu", u::elu, ok),
+        ("Selu", u::selu, ok),
+        ("Celu", u::celu, ok),
+        ("ThresholdedRelu", u::thresholded_relu, ok),
+        ("Equal", c::equal, ok),
+        ("Less", c::less, ok),
+        ("LessOrEqual", c::less_or_equal, ok),
+        ("Greater", c::greater, ok),
+        ("GreaterOrEqual", c::greater_or_equal, ok),
+        ("And", c::and, ok),
+        ("Or", c::or, ok),
+        ("Xor", c::xor, ok),
+        ("Not", c::not, ok),
+        ("IsNaN", c::is_nan, ok),
+        ("IsInf", c::is_inf, ok),
     ]
 }
 
@@ -95,7 +176,10 @@ pub fn check(node: &Node) -> std::result::Result<(), String> {
     match find(node) {
         Some((_, _, check)) => check(node),
         None if node.is_onnx_domain() => Err("no implementation for this op".into()),
-        None => Err(format!("custom domain '{}' has no implementation", node.domain)),
+        None => Err(format!(
+            "custom domain '{}' has no implementation",
+            node.domain
+        )),
     }
 }
 

@@ -30,13 +30,24 @@ pub fn batch_norm(ctx: &OpCtx) -> Result<Vec<Value>> {
     let per_channel = |i: usize| -> Result<Tensor> {
         let t = ctx.float_tensor(i)?;
         if t.elem_count() != channels {
-            return Err(ctx.err(&format!("input #{i} has {} elements for {channels} channels", t.elem_count())));
+            return Err(ctx.err(&format!(
+                "input #{i} has {} elements for {channels} channels",
+                t.elem_count()
+            )));
         }
         Ok(t.reshape(shape.as_slice())?)
     };
-    let (scale, bias, mean, var) = (per_channel(1)?, per_channel(2)?, per_channel(3)?, per_channel(4)?);
+    let (scale, bias, mean, var) = (
+        per_channel(1)?,
+        per_channel(2)?,
+        per_channel(3)?,
+        per_channel(4)?,
+    );
     let inv_std = (var + eps)?.sqrt()?.recip()?;
-    let y = x.broadcast_sub(&mean)?.broadcast_mul(&inv_std.broadcast_mul(&scale)?)?.broadcast_add(&bias)?;
+    let y = x
+        .broadcast_sub(&mean)?
+        .broadcast_mul(&inv_std.broadcast_mul(&scale)?)?
+        .broadcast_add(&bias)?;
     Ok(vec![Value::new(y, xv.dtype)])
 }
 
@@ -68,7 +79,34 @@ pub fn layer_norm(ctx: &OpCtx) -> Result<Vec<Value>> {
         outs.push(Value::new(mean.reshape(stat_shape.as_slice())?, xv.dtype));
     }
     if ctx.node.outputs.len() > 2 {
-        outs.push(Value::new(inv_std.reshape(stat_shape.as_slice())?, xv.dtype));
+        outs.push(Value::new(
+            inv_std.reshape(stat_shape.as_slice())?,
+            xv.dtype,
+        ));
     }
     Ok(outs)
+}
+
+/// LRN: y = x / (bias + alpha / size * sum of x² over a window of channels)^beta.
+pub fn lrn(ctx: &OpCtx) -> Result<Vec<Value>> {
+    let xv = ctx.input(0)?;
+    let x = ctx.float_tensor(0)?;
+    let size = ctx
+        .node
+        .attr_int("size")
+        .ok_or_else(|| ctx.err("missing 'size'"))?
+        .max(1) as usize;
+    let alpha = ctx.node.float_or("alpha", 1e-4) as f64;
+    let beta = ctx.node.float_or("beta", 0.75) as f64;
+    let bias = ctx.node.float_or("bias", 1.0) as f64;
+    let channels = x.dim(1)?;
+    let before = (size - 1) / 2;
+    let after = size - 1 - before;
+    let padded = x.sqr()?.pad_with_zeros(1, before, after)?;
+    let mut window = padded.narrow(1, 0, channels)?;
+    for offset in 1..size {
+        window = (window + padded.narrow(1, offset, channels)?)?;
+    }
+    let denom = window.affine(alpha / size as f64, bias)?.powf(beta)?;
+    Ok(vec![Value::new((x / denom)?, xv.dtype)])
 }

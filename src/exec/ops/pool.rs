@@ -11,9 +11,14 @@ use crate::exec::Value;
 use crate::graph::Node;
 
 pub fn check_pool(node: &Node) -> std::result::Result<(), String> {
-    let k = node.attr_ints("kernel_shape").ok_or("missing kernel_shape")?;
+    let k = node
+        .attr_ints("kernel_shape")
+        .ok_or("missing kernel_shape")?;
     if k.is_empty() || k.len() > 2 {
-        return Err(format!("{}-D pooling (only 1-D and 2-D are supported)", k.len()));
+        return Err(format!(
+            "{}-D pooling (only 1-D and 2-D are supported)",
+            k.len()
+        ));
     }
     if node.outputs.get(1).is_some_and(|o| !o.is_empty()) {
         return Err("the Indices output of MaxPool".into());
@@ -29,7 +34,11 @@ fn params(ctx: &OpCtx, h: usize, w: usize, n: usize) -> Result<Pool2dParams> {
             .filter(|v| !v.is_empty())
             .map(|v| v.iter().map(|&x| x.max(0) as usize).collect())
             .unwrap_or_else(|| vec![default; n]);
-        if n == 1 { vec![1, v[0]] } else { v }
+        if n == 1 {
+            vec![1, v[0]]
+        } else {
+            v
+        }
     };
     let kernel = two("kernel_shape", 1);
     let stride = two("strides", 1);
@@ -39,9 +48,17 @@ fn params(ctx: &OpCtx, h: usize, w: usize, n: usize) -> Result<Pool2dParams> {
         .map(|p| p.iter().map(|&x| x.max(0) as usize).collect())
         .unwrap_or_else(|| vec![0; 2 * n]);
     if raw.len() != 2 * n {
-        return Err(ctx.err(&format!("pads has {} entries, expected {}", raw.len(), 2 * n)));
+        return Err(ctx.err(&format!(
+            "pads has {} entries, expected {}",
+            raw.len(),
+            2 * n
+        )));
     }
-    let mut pads = if n == 1 { [0, raw[0], 0, raw[1]] } else { [raw[0], raw[1], raw[2], raw[3]] };
+    let mut pads = if n == 1 {
+        [0, raw[0], 0, raw[1]]
+    } else {
+        [raw[0], raw[1], raw[2], raw[3]]
+    };
     let auto_pad = node.attr_string("auto_pad").unwrap_or_default();
     if auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER" {
         let spatial = [h, w];
@@ -51,7 +68,11 @@ fn params(ctx: &OpCtx, h: usize, w: usize, n: usize) -> Result<Pool2dParams> {
             let needed = out.saturating_sub(1) * stride[a] + kernel[a];
             let total = needed.saturating_sub(spatial[a]);
             let small = total / 2;
-            let (b, e) = if auto_pad == "SAME_UPPER" { (small, total - small) } else { (total - small, small) };
+            let (b, e) = if auto_pad == "SAME_UPPER" {
+                (small, total - small)
+            } else {
+                (total - small, small)
+            };
             pads[a] = b;
             pads[a + 2] = e;
         }
@@ -68,7 +89,10 @@ fn params(ctx: &OpCtx, h: usize, w: usize, n: usize) -> Result<Pool2dParams> {
     })
 }
 
-fn pool(ctx: &OpCtx, f: fn(&Tensor, &Pool2dParams) -> candle_core::Result<Tensor>) -> Result<Vec<Value>> {
+fn pool(
+    ctx: &OpCtx,
+    f: fn(&Tensor, &Pool2dParams) -> candle_core::Result<Tensor>,
+) -> Result<Vec<Value>> {
     let xv = ctx.input(0)?;
     let x = ctx.float_tensor(0)?;
     let (x4, n) = match x.rank() {
@@ -96,12 +120,18 @@ pub fn global_average_pool(ctx: &OpCtx) -> Result<Vec<Value>> {
     let x = ctx.float_tensor(0)?;
     let dims = x.dims().to_vec();
     if dims.len() < 3 {
-        return Err(ctx.err(&format!("input of rank {}, expected at least 3", dims.len())));
+        return Err(ctx.err(&format!(
+            "input of rank {}, expected at least 3",
+            dims.len()
+        )));
     }
     let spatial: usize = dims[2..].iter().product();
     let mut out = dims[..2].to_vec();
     out.extend(std::iter::repeat_n(1, dims.len() - 2));
-    let y = x.reshape((dims[0], dims[1], spatial))?.mean_keepdim(2)?.reshape(out)?;
+    let y = x
+        .reshape((dims[0], dims[1], spatial))?
+        .mean_keepdim(2)?
+        .reshape(out)?;
     Ok(vec![Value::new(y, xv.dtype)])
 }
 
@@ -110,11 +140,17 @@ pub fn global_max_pool(ctx: &OpCtx) -> Result<Vec<Value>> {
     let x = ctx.float_tensor(0)?;
     let dims = x.dims().to_vec();
     if dims.len() < 3 {
-        return Err(ctx.err(&format!("input of rank {}, expected at least 3", dims.len())));
+        return Err(ctx.err(&format!(
+            "input of rank {}, expected at least 3",
+            dims.len()
+        )));
     }
     let spatial: usize = dims[2..].iter().product();
     let mut out = dims[..2].to_vec();
     out.extend(std::iter::repeat_n(1, dims.len() - 2));
-    let y = x.reshape((dims[0], dims[1], spatial))?.max_keepdim(2)?.reshape(out)?;
+    let y = x
+        .reshape((dims[0], dims[1], spatial))?
+        .max_keepdim(2)?
+        .reshape(out)?;
     Ok(vec![Value::new(y, xv.dtype)])
 }

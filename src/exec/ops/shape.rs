@@ -23,7 +23,11 @@ pub fn flatten(ctx: &OpCtx) -> Result<Vec<Value>> {
     let v = ctx.input(0)?;
     let dims = v.dims();
     let axis = ctx.node.int_or("axis", 1);
-    let axis = if axis < 0 { axis + dims.len() as i64 } else { axis };
+    let axis = if axis < 0 {
+        axis + dims.len() as i64
+    } else {
+        axis
+    };
     if axis < 0 || axis as usize > dims.len() {
         return Err(ctx.err(&format!("axis {axis} out of range for rank {}", dims.len())));
     }
@@ -44,20 +48,26 @@ pub fn reshape_target(ctx: &OpCtx, input: &[usize], target: &[i64]) -> Result<Ve
                 infer = Some(i);
                 out.push(1);
             }
-            0 if !allow_zero => out.push(*input.get(i).ok_or_else(|| ctx.err("0 in shape beyond the input rank"))?),
+            0 if !allow_zero => out.push(
+                *input
+                    .get(i)
+                    .ok_or_else(|| ctx.err("0 in shape beyond the input rank"))?,
+            ),
             d if d >= 0 => out.push(d as usize),
             _ => return Err(ctx.err(&format!("invalid target shape {target:?}"))),
         }
     }
     if let Some(i) = infer {
         let known: usize = out.iter().product();
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(ctx.err(&format!("cannot reshape {input:?} to {target:?}")));
         }
         out[i] = total / known;
     }
     if out.iter().product::<usize>() != total {
-        return Err(ctx.err(&format!("cannot reshape {input:?} ({total} elements) to {target:?}")));
+        return Err(ctx.err(&format!(
+            "cannot reshape {input:?} ({total} elements) to {target:?}"
+        )));
     }
     Ok(out)
 }
@@ -66,7 +76,11 @@ pub fn reshape(ctx: &OpCtx) -> Result<Vec<Value>> {
     let v = ctx.input(0)?;
     let target = match ctx.ints_input(1)? {
         Some(t) => t,
-        None => ctx.node.attr_ints("shape").map(<[i64]>::to_vec).ok_or_else(|| ctx.err("no target shape"))?,
+        None => ctx
+            .node
+            .attr_ints("shape")
+            .map(<[i64]>::to_vec)
+            .ok_or_else(|| ctx.err("no target shape"))?,
     };
     let shape = reshape_target(ctx, v.dims(), &target)?;
     Ok(vec![Value::new(v.tensor.reshape(shape)?, v.dtype)])
@@ -76,10 +90,16 @@ pub fn transpose(ctx: &OpCtx) -> Result<Vec<Value>> {
     let v = ctx.input(0)?;
     let rank = v.rank();
     let perm: Vec<usize> = match ctx.node.attr_ints("perm") {
-        Some(p) => p.iter().map(|&a| ctx.axis(a, rank)).collect::<Result<_>>()?,
+        Some(p) => p
+            .iter()
+            .map(|&a| ctx.axis(a, rank))
+            .collect::<Result<_>>()?,
         None => (0..rank).rev().collect(),
     };
-    Ok(vec![Value::new(v.tensor.permute(perm)?.contiguous()?, v.dtype)])
+    Ok(vec![Value::new(
+        v.tensor.permute(perm)?.contiguous()?,
+        v.dtype,
+    )])
 }
 
 pub fn concat(ctx: &OpCtx) -> Result<Vec<Value>> {
@@ -91,7 +111,13 @@ pub fn concat(ctx: &OpCtx) -> Result<Vec<Value>> {
         .iter()
         .flatten()
         .filter(|v| v.tensor.elem_count() > 0 || v.rank() == first.rank())
-        .map(|v| if float { v.tensor.to_dtype(ctx.float) } else { Ok(v.tensor.clone()) })
+        .map(|v| {
+            if float {
+                v.tensor.to_dtype(ctx.float)
+            } else {
+                Ok(v.tensor.clone())
+            }
+        })
         .collect::<candle_core::Result<_>>()?;
     Ok(vec![Value::new(Tensor::cat(&parts, axis)?, first.dtype)])
 }
@@ -106,7 +132,9 @@ pub fn split(ctx: &OpCtx) -> Result<Vec<Value>> {
         _ => {
             let parts = ctx.node.int_or("num_outputs", n_out as i64).max(1) as usize;
             let chunk = len.div_ceil(parts);
-            (0..parts).map(|i| chunk.min(len.saturating_sub(i * chunk))).collect()
+            (0..parts)
+                .map(|i| chunk.min(len.saturating_sub(i * chunk)))
+                .collect()
         }
     };
     if sizes.iter().sum::<usize>() != len {
@@ -125,21 +153,34 @@ pub fn squeeze(ctx: &OpCtx) -> Result<Vec<Value>> {
     let v = ctx.input(0)?;
     let dims = v.dims().to_vec();
     let axes: Vec<usize> = match ctx.ints_attr_or_input("axes", 1)? {
-        Some(a) => a.iter().map(|&a| ctx.axis(a, dims.len())).collect::<Result<_>>()?,
+        Some(a) => a
+            .iter()
+            .map(|&a| ctx.axis(a, dims.len()))
+            .collect::<Result<_>>()?,
         None => (0..dims.len()).filter(|&i| dims[i] == 1).collect(),
     };
     if let Some(&a) = axes.iter().find(|&&a| dims[a] != 1) {
         return Err(ctx.err(&format!("cannot squeeze axis {a} of size {}", dims[a])));
     }
-    let out: Vec<usize> = dims.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect();
+    let out: Vec<usize> = dims
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !axes.contains(i))
+        .map(|(_, &d)| d)
+        .collect();
     Ok(vec![Value::new(v.tensor.reshape(out)?, v.dtype)])
 }
 
 pub fn unsqueeze(ctx: &OpCtx) -> Result<Vec<Value>> {
     let v = ctx.input(0)?;
-    let axes = ctx.ints_attr_or_input("axes", 1)?.ok_or_else(|| ctx.err("no axes"))?;
+    let axes = ctx
+        .ints_attr_or_input("axes", 1)?
+        .ok_or_else(|| ctx.err("no axes"))?;
     let rank = v.rank() + axes.len();
-    let mut axes: Vec<usize> = axes.iter().map(|&a| ctx.axis(a, rank)).collect::<Result<_>>()?;
+    let mut axes: Vec<usize> = axes
+        .iter()
+        .map(|&a| ctx.axis(a, rank))
+        .collect::<Result<_>>()?;
     axes.sort_unstable();
     let mut out = v.dims().to_vec();
     for a in axes {
@@ -154,8 +195,15 @@ pub fn shape(ctx: &OpCtx) -> Result<Vec<Value>> {
     let clampi = |x: i64| if x < 0 { (x + r).clamp(0, r) } else { x.clamp(0, r) } as usize;
     let start = clampi(ctx.node.int_or("start", 0));
     let end = clampi(ctx.node.int_or("end", r));
-    let slice = if start < end { &dims[start..end] } else { &[][..] };
-    Ok(vec![Value::new(Tensor::new(slice, ctx.device)?, DType::I64)])
+    let slice = if start < end {
+        &dims[start..end]
+    } else {
+        &[][..]
+    };
+    Ok(vec![Value::new(
+        Tensor::new(slice, ctx.device)?,
+        DType::I64,
+    )])
 }
 
 pub fn check_cast(node: &Node) -> std::result::Result<(), String> {
@@ -169,10 +217,15 @@ pub fn check_cast(node: &Node) -> std::result::Result<(), String> {
 pub fn cast(ctx: &OpCtx) -> Result<Vec<Value>> {
     let v = ctx.input(0)?;
     let to = DType(ctx.node.int_or("to", 1) as i32);
-    let storage = storage_dtype(to, ctx.float).ok_or_else(|| ctx.unsupported(&format!("cast to {to}")))?;
+    let storage =
+        storage_dtype(to, ctx.float).ok_or_else(|| ctx.unsupported(&format!("cast to {to}")))?;
     let t = if v.is_float() && !to.is_float() {
         // Float to integer truncates toward zero; bool is "non-zero".
-        if to == DType::BOOL { v.tensor.ne(0.0)?.to_dtype(storage)? } else { truncate(&v.tensor)?.to_dtype(storage)? }
+        if to == DType::BOOL {
+            v.tensor.ne(0.0)?.to_dtype(storage)?
+        } else {
+            truncate(&v.tensor)?.to_dtype(storage)?
+        }
     } else if to == DType::BOOL {
         v.tensor.ne(0i64)?.to_dtype(storage)?
     } else {
@@ -203,7 +256,11 @@ fn wrap_integer(t: Tensor, to: DType) -> candle_core::Result<Tensor> {
         .into_iter()
         .map(|v| {
             let m = v.rem_euclid(modulus);
-            if signed && m >= modulus / 2 { m - modulus } else { m }
+            if signed && m >= modulus / 2 {
+                m - modulus
+            } else {
+                m
+            }
         })
         .collect();
     Tensor::from_vec(wrapped, t.shape(), t.device())
@@ -218,12 +275,23 @@ pub fn constant(ctx: &OpCtx) -> Result<Vec<Value>> {
 }
 
 pub fn constant_of_shape(ctx: &OpCtx) -> Result<Vec<Value>> {
-    let shape: Vec<usize> = ctx.ints_input(0)?.unwrap_or_default().iter().map(|&d| d.max(0) as usize).collect();
+    let shape: Vec<usize> = ctx
+        .ints_input(0)?
+        .unwrap_or_default()
+        .iter()
+        .map(|&d| d.max(0) as usize)
+        .collect();
     let (value, dtype) = match ctx.node.attr_tensor("value")? {
-        Some(t) => (t.to_f64_vec().and_then(|v| v.first().copied()).unwrap_or(0.0), t.dtype),
+        Some(t) => (
+            t.to_f64_vec()
+                .and_then(|v| v.first().copied())
+                .unwrap_or(0.0),
+            t.dtype,
+        ),
         None => (0.0, DType::F32),
     };
-    let storage = storage_dtype(dtype, ctx.float).ok_or_else(|| ctx.unsupported(&format!("value of type {dtype}")))?;
+    let storage = storage_dtype(dtype, ctx.float)
+        .ok_or_else(|| ctx.unsupported(&format!("value of type {dtype}")))?;
     let t = if storage == CDType::I64 {
         Tensor::full(value as i64, shape, ctx.device)?
     } else {
@@ -234,8 +302,19 @@ pub fn constant_of_shape(ctx: &OpCtx) -> Result<Vec<Value>> {
 
 pub fn expand(ctx: &OpCtx) -> Result<Vec<Value>> {
     let v = ctx.input(0)?;
-    let target: Vec<usize> = ctx.ints_input(1)?.unwrap_or_default().iter().map(|&d| d.max(0) as usize).collect();
+    let target: Vec<usize> = ctx
+        .ints_input(1)?
+        .unwrap_or_default()
+        .iter()
+        .map(|&d| d.max(0) as usize)
+        .collect();
     let target_shape = candle_core::Shape::from(target);
-    let shape = v.tensor.shape().broadcast_shape_binary_op(&target_shape, "Expand")?;
-    Ok(vec![Value::new(v.tensor.broadcast_as(shape)?.contiguous()?, v.dtype)])
+    let shape = v
+        .tensor
+        .shape()
+        .broadcast_shape_binary_op(&target_shape, "Expand")?;
+    Ok(vec![Value::new(
+        v.tensor.broadcast_as(shape)?.contiguous()?,
+        v.dtype,
+    )])
 }

@@ -1,1 +1,0 @@
-//! Shape and type inference (placeholder until written).
