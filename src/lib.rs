@@ -4,7 +4,12 @@
 //! executor), `inspect` (model statistics); the binary in `main.rs` wires
 //! them to the command line.
 
+pub mod data;
 pub mod exec;
 pub mod graph;
 pub mod inspect;
 pub mod onnx;
+pub mod passes;
+pub mod recipe;
+pub mod scheduler;
+pub mod stages;

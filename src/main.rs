@@ -1,4 +1,4 @@
-//! The `amct` command line: inspect, infer, convert and bench-forward.
+//! The `amct` command line: run, cache, inspect, infer, convert, bench-forward.
 //!
 //! Library code returns typed errors; this binary turns them into one
 //! `error: ...` message and a non-zero exit code.
@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use amct::exec::{self, ExecOptions, Executor, Value};
 use amct::graph::{Dim, Model};
 use amct::onnx::{self as onnx_io, ExportOptions};
+use amct::scheduler::{Cache, RunOptions, StageStatus};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +28,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a recipe: stages in dependency order, cached by content.
+    Run {
+        recipe: PathBuf,
+        /// Output directory (default runs/<recipe name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override a recipe key, e.g. --set stages.eval.latency=false (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// cpu, cuda or cuda:N (default: the recipe's [recipe] device).
+        #[arg(long)]
+        device: Option<String>,
+        /// Cache directory (default $AMCT_CACHE or ~/.cache/amct).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Recompute every stage and ignore cached results.
+        #[arg(long)]
+        no_cache: bool,
+        /// Recompute this stage even if cached (repeatable).
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+    },
+    /// Manage the cache: ls, du, gc.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+        #[arg(long, global = true)]
+        cache: Option<PathBuf>,
+    },
     /// Show inputs, outputs, ops, parameters, MACs per layer and unsupported ops.
     Inspect {
         model: PathBuf,
@@ -57,6 +87,10 @@ enum Command {
         /// Store weights in OUTPUT.data next to the model.
         #[arg(long)]
         external_data: bool,
+        /// Apply the exact `fuse` rewrites (BatchNormalization folding, constant
+        /// folding, identity and dead-node removal) between load and save.
+        #[arg(long)]
+        fuse: bool,
     },
     /// Measure forward throughput (images/s) on random inputs; prints JSON.
     BenchForward {
@@ -72,6 +106,21 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum CacheAction {
+    /// List entries: key, size, age.
+    Ls,
+    /// Total size of the cache.
+    Du,
+    /// Remove entries older than --older-than days, then the oldest until under --max-gb.
+    Gc {
+        #[arg(long)]
+        older_than: Option<f64>,
+        #[arg(long)]
+        max_gb: Option<f64>,
+    },
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
@@ -82,6 +131,16 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Run {
+            recipe,
+            out,
+            set,
+            device,
+            cache,
+            no_cache,
+            force,
+        } => run_recipe(&recipe, out, &set, device, cache, no_cache, force),
+        Command::Cache { action, cache } => cache_cmd(action, cache),
         Command::Inspect { model, json, batch } => inspect(&model, json, batch),
         Command::Infer {
             model,
@@ -93,7 +152,8 @@ fn run(cli: Cli) -> Result<()> {
             input,
             output,
             external_data,
-        } => convert(&input, &output, external_data),
+            fuse,
+        } => convert(&input, &output, external_data, fuse),
         Command::BenchForward {
             model,
             batch,
@@ -102,6 +162,100 @@ fn run(cli: Cli) -> Result<()> {
             device,
         } => bench_forward(&model, batch, iters, warmup, &device),
     }
+}
+
+fn run_recipe(
+    path: &Path,
+    out: Option<PathBuf>,
+    set: &[String],
+    device: Option<String>,
+    cache: Option<PathBuf>,
+    no_cache: bool,
+    force: Vec<String>,
+) -> Result<()> {
+    let recipe = amct::recipe::load_recipe(path, set)?;
+    for name in &force {
+        if !recipe.stages.iter().any(|s| &s.name == name) {
+            bail!("--force {name}: the recipe has no stage named `{name}`");
+        }
+    }
+    let options = RunOptions {
+        out_dir: out.unwrap_or_else(|| PathBuf::from("runs").join(&recipe.meta.name)),
+        cache_root: cache.unwrap_or_else(Cache::default_root),
+        no_cache,
+        force,
+        device: device.unwrap_or_else(|| recipe.meta.device.clone()),
+    };
+    let report = amct::scheduler::run_recipe(&recipe, &options)?;
+    for st in &report.stages {
+        let state = match st.status {
+            StageStatus::Ok if st.cache_hit => "cached".to_string(),
+            StageStatus::Ok => format!("done in {:.2} s", st.seconds),
+            StageStatus::Failed => "FAILED".to_string(),
+            StageStatus::Skipped => "skipped".to_string(),
+        };
+        println!("{:<16} {:<9} {state}", st.name, st.kind.name());
+        if let Some(e) = &st.error {
+            println!("    {e}");
+        }
+    }
+    println!("wrote {}", options.out_dir.display());
+    if report.failed() {
+        bail!(
+            "some stages did not finish; see {}",
+            options.out_dir.join("report.md").display()
+        );
+    }
+    Ok(())
+}
+
+fn cache_cmd(action: CacheAction, root: Option<PathBuf>) -> Result<()> {
+    let cache = Cache::open(&root.unwrap_or_else(Cache::default_root))?;
+    let entries = cache.entries()?;
+    match action {
+        CacheAction::Ls => {
+            for (key, size, age) in &entries {
+                println!(
+                    "{key}  {:>10.2} MB  {:>8.1} h",
+                    *size as f64 / 1e6,
+                    *age as f64 / 3600.0
+                );
+            }
+        }
+        CacheAction::Du => {
+            let total: u64 = entries.iter().map(|e| e.1).sum();
+            println!(
+                "{} entries, {:.2} MB in {}",
+                entries.len(),
+                total as f64 / 1e6,
+                cache.root().display()
+            );
+        }
+        CacheAction::Gc { older_than, max_gb } => {
+            let mut kept: Vec<&(String, u64, u64)> = Vec::new();
+            let mut removed = 0;
+            for e in &entries {
+                if older_than.is_some_and(|days| e.2 as f64 > days * 86400.0) {
+                    cache.remove(&e.0)?;
+                    removed += 1;
+                } else {
+                    kept.push(e);
+                }
+            }
+            if let Some(max) = max_gb {
+                kept.sort_by_key(|e| std::cmp::Reverse(e.2));
+                let mut total: u64 = kept.iter().map(|e| e.1).sum();
+                while total as f64 > max * 1e9 {
+                    let Some(oldest) = kept.pop() else { break };
+                    cache.remove(&oldest.0)?;
+                    total -= oldest.1;
+                    removed += 1;
+                }
+            }
+            println!("removed {removed} entries");
+        }
+    }
+    Ok(())
 }
 
 fn load(path: &Path) -> Result<Model> {
@@ -190,8 +344,25 @@ fn check_feeds(model: &Model, feeds: &HashMap<String, Value>, path: &Path) -> Re
     Ok(())
 }
 
-fn convert(input: &Path, output: &Path, external_data: bool) -> Result<()> {
-    let model = load(input)?;
+fn convert(input: &Path, output: &Path, external_data: bool, fuse: bool) -> Result<()> {
+    let mut model = load(input)?;
+    if fuse {
+        let (fused, report) =
+            amct::passes::fuse_pipeline(&model, &amct::passes::FuseOptions::default())
+                .with_context(|| format!("fusing '{}'", input.display()))?;
+        let counts: Vec<String> = report
+            .passes
+            .iter()
+            .map(|p| format!("{} {}", p.pass, p.rewrites))
+            .collect();
+        println!(
+            "fuse: {} -> {} nodes ({})",
+            report.nodes_before,
+            report.nodes_after,
+            counts.join(", ")
+        );
+        model = fused;
+    }
     let options = ExportOptions {
         external_data,
         external_threshold: 1024,

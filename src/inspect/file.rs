@@ -5,7 +5,7 @@
 //! payloads, so this is cheap even for large models.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use prost::Message;
 
@@ -41,6 +41,24 @@ struct LiteEntry {
 
 /// Size in bytes of `path` plus the external data files it references.
 pub(super) fn size_on_disk(path: &Path) -> Result<u64, InspectError> {
+    let mut size = std::fs::metadata(path)
+        .map_err(|source| InspectError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    for file in external_data_files(path)? {
+        let meta = std::fs::metadata(&file).map_err(|source| InspectError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        size = size.saturating_add(meta.len());
+    }
+    Ok(size)
+}
+
+/// The distinct external data files a model file references, resolved next to it.
+pub fn external_data_files(path: &Path) -> Result<Vec<PathBuf>, InspectError> {
     let bytes = std::fs::read(path).map_err(|source| InspectError::Read {
         path: path.to_path_buf(),
         source,
@@ -50,7 +68,6 @@ pub(super) fn size_on_disk(path: &Path) -> Result<u64, InspectError> {
         source,
     })?;
     let graph = lite.graph.unwrap_or_default();
-    let mut size = bytes.len() as u64;
     let mut locations = BTreeSet::new();
     for t in graph
         .initializer
@@ -68,13 +85,5 @@ pub(super) fn size_on_disk(path: &Path) -> Result<u64, InspectError> {
         }
     }
     let dir = path.parent().unwrap_or(Path::new(""));
-    for loc in locations {
-        let file = dir.join(&loc);
-        let meta = std::fs::metadata(&file).map_err(|source| InspectError::Read {
-            path: file.clone(),
-            source,
-        })?;
-        size = size.saturating_add(meta.len());
-    }
-    Ok(size)
+    Ok(locations.into_iter().map(|loc| dir.join(loc)).collect())
 }

@@ -9,6 +9,7 @@
 //! renders a human summary.
 
 mod file;
+pub use file::external_data_files;
 mod macs;
 mod report;
 

@@ -1,0 +1,119 @@
+//! Writes a run's outputs: `<out>/<stage>/` (model.onnx and result.json,
+//! linked or copied from the cache), `report.json` and `report.md`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use super::run::{RunReport, StageStatus};
+
+pub fn write_outputs(
+    out: &Path,
+    report: &RunReport,
+    dirs: &BTreeMap<String, PathBuf>,
+) -> Result<(), String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("creating '{}': {e}", out.display()))?;
+    for stage in &report.stages {
+        let Some(src) = dirs
+            .get(&stage.name)
+            .filter(|_| stage.status == StageStatus::Ok)
+        else {
+            continue;
+        };
+        let dest = out.join(&stage.name);
+        if dest.exists() {
+            std::fs::remove_dir_all(&dest)
+                .map_err(|e| format!("clearing '{}': {e}", dest.display()))?;
+        }
+        std::fs::create_dir_all(&dest)
+            .map_err(|e| format!("creating '{}': {e}", dest.display()))?;
+        for name in ["model.onnx", "model.onnx.data", "result.json"] {
+            let from = src.join(name);
+            if from.exists() {
+                link_or_copy(&from, &dest.join(name))?;
+            }
+        }
+    }
+    let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+    write_atomic(&out.join("report.json"), json.as_bytes())?;
+    write_atomic(&out.join("report.md"), markdown(report).as_bytes())
+}
+
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), String> {
+    if std::fs::hard_link(from, to).is_ok() {
+        return Ok(());
+    }
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|e| format!("copying '{}' to '{}': {e}", from.display(), to.display()))
+}
+
+/// Writes through a temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("writing '{}': {e}", path.display()))
+}
+
+fn markdown(report: &RunReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# {}\n", report.recipe);
+    let _ = writeln!(
+        s,
+        "amct {} on {}, {:.2} s in all.\n",
+        report.tool_version, report.device, report.seconds
+    );
+    let _ = writeln!(
+        s,
+        "| stage | kind | status | cache | seconds | size (MB) | params | GMACs |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---:|---:|---:|---:|");
+    for st in &report.stages {
+        let m = st.model.as_ref();
+        let num = |k: &str| m.and_then(|m| m.get(k)).and_then(|v| v.as_f64());
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:?} | {} | {:.2} | {} | {} | {} |",
+            st.name,
+            st.kind.name(),
+            st.status,
+            if st.cache_hit { "hit" } else { "miss" },
+            st.seconds,
+            num("size_bytes")
+                .map(|v| format!("{:.2}", v / 1e6))
+                .unwrap_or_default(),
+            num("parameters")
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_default(),
+            num("macs")
+                .map(|v| format!("{:.3}", v / 1e9))
+                .unwrap_or_default(),
+        );
+    }
+    let _ = writeln!(s, "\n## Timeline\n\n```");
+    let total = report.seconds.max(1e-9);
+    for st in &report.stages {
+        let start = ((st.started_at / total) * 40.0).round() as usize;
+        let width = (((st.seconds / total) * 40.0).round() as usize).max(1);
+        let _ = writeln!(
+            s,
+            "{:<16} {}{} {:.2} s",
+            st.name,
+            " ".repeat(start.min(40)),
+            "#".repeat(width.min(40)),
+            st.seconds
+        );
+    }
+    let _ = writeln!(s, "```");
+    for st in &report.stages {
+        if let Some(err) = &st.error {
+            let _ = writeln!(s, "\n**{}** {:?}: {err}", st.name, st.status);
+        }
+        if !st.metrics.is_null() {
+            let pretty = serde_json::to_string_pretty(&st.metrics).unwrap_or_default();
+            let _ = writeln!(s, "\n## {} metrics\n\n```json\n{pretty}\n```", st.name);
+        }
+    }
+    s
+}

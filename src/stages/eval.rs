@@ -1,0 +1,343 @@
+//! `eval`: accuracy (top-k with labels), agreement with a reference model
+//! (top-1 agreement, mean cosine similarity, SQNR), size, parameters, MACs
+//! and latency at batch 1 and batch N, for each evaluated model.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use candle_core::{DType as CDType, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use prost::Message;
+use serde_json::{json, Map, Value as Json};
+
+use super::{StageContext, StageError, StageOutput};
+use crate::data::{open_dataset, BatchOptions, Batches};
+use crate::exec::{ExecOptions, Executor, Value};
+use crate::graph::{DType, Dim, Model};
+use crate::recipe::{EvalParams, MODEL};
+
+pub fn run(ctx: &StageContext, params: &EvalParams) -> Result<StageOutput, StageError> {
+    let targets: Vec<String> = if ctx.spec.inputs.is_empty() {
+        vec![ctx.spec.input.clone().unwrap_or_else(|| MODEL.to_string())]
+    } else {
+        ctx.spec.inputs.clone()
+    };
+    let reference = match &ctx.spec.reference {
+        Some(name) => Some(executor(ctx, ctx.model(name)?)?),
+        None => None,
+    };
+    let mut results = Map::new();
+    for name in &targets {
+        let model = ctx.model(name)?;
+        let exec = executor(ctx, model)?;
+        let mut m = static_metrics(model);
+        if let Some(cfg) = ctx.data {
+            let data_metrics = over_data(ctx, cfg, &exec, reference.as_ref(), params, name)?;
+            m.extend(data_metrics);
+        }
+        if params.latency {
+            m.insert(
+                "latency_ms_batch1".into(),
+                json!(latency_ms(model, &exec, 1, params.latency_iters)?),
+            );
+            let n = params.latency_batch;
+            m.insert(
+                format!("latency_ms_batch{n}"),
+                json!(latency_ms(model, &exec, n, params.latency_iters)?),
+            );
+        }
+        results.insert(name.clone(), Json::Object(m));
+    }
+    Ok(StageOutput {
+        model: None,
+        metrics: Json::Object(results),
+    })
+}
+
+fn executor(ctx: &StageContext, model: &Model) -> Result<Executor, StageError> {
+    Ok(Executor::new(
+        model,
+        ExecOptions {
+            device: ctx.device.clone(),
+            float: CDType::F32,
+        },
+    )?)
+}
+
+fn static_metrics(model: &Model) -> Map<String, Json> {
+    let mut m = Map::new();
+    m.insert(
+        "size_bytes".into(),
+        json!(crate::onnx::model_to_proto(model).encoded_len()),
+    );
+    m.insert("parameters".into(), json!(model.graph.parameter_count()));
+    if let Ok(report) = crate::inspect::inspect_model(model, 1) {
+        m.insert("macs".into(), json!(report.macs));
+    }
+    m
+}
+
+/// The single graph input name, or an error naming the inputs.
+fn input_name(model: &Model) -> Result<String, StageError> {
+    match model.graph.inputs.as_slice() {
+        [one] => Ok(one.name.clone()),
+        many => Err(StageError::Invalid(format!(
+            "eval feeds one data set to a model with {} inputs ({})",
+            many.len(),
+            many.iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+fn first_output(exec: &Executor, model: &Model, x: &Tensor) -> Result<Tensor, StageError> {
+    check_input_shape(model, x.dims())?;
+    let feeds = HashMap::from([(input_name(model)?, Value::new(x.clone(), DType::F32))]);
+    let outs = exec.run(&feeds)?;
+    let y = outs
+        .into_iter()
+        .next()
+        .ok_or_else(|| StageError::Invalid("the model has no output".into()))?;
+    Ok(y.tensor.to_dtype(CDType::F32)?.flatten_from(1)?)
+}
+
+/// A batch must match the model input's rank and known dimensions.
+fn check_input_shape(model: &Model, dims: &[usize]) -> Result<(), StageError> {
+    let Some(input) = model.graph.inputs.first() else {
+        return Ok(());
+    };
+    let Some(shape) = &input.shape else {
+        return Ok(());
+    };
+    let fits = shape.len() == dims.len()
+        && shape
+            .iter()
+            .zip(dims)
+            .skip(1)
+            .all(|(d, &n)| !matches!(d, Dim::Known(k) if *k != n as i64));
+    if fits {
+        return Ok(());
+    }
+    Err(StageError::Invalid(format!(
+        "data batches have shape {dims:?} but model input '{}' expects {}",
+        input.name,
+        crate::graph::shape_string(shape)
+    )))
+}
+
+fn over_data(
+    ctx: &StageContext,
+    cfg: &crate::data::DataConfig,
+    exec: &Executor,
+    reference: Option<&Executor>,
+    params: &EvalParams,
+    name: &str,
+) -> Result<Map<String, Json>, StageError> {
+    let model = ctx.model(name)?;
+    let reference_model = match &ctx.spec.reference {
+        Some(r) => Some(ctx.model(r)?),
+        None => None,
+    };
+    let ds = open_dataset(cfg)?;
+    let batches = Batches::new(
+        ds.as_ref(),
+        BatchOptions::from_config(cfg, ctx.seed, 0),
+        ctx.device,
+    );
+    let bar = ProgressBar::new(batches.num_batches() as u64).with_message(format!("eval {name}"));
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} batches {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut totals = Totals::new(&params.top_k);
+    for batch in batches {
+        let batch = batch?;
+        let y = first_output(exec, model, &batch.x)?;
+        if let Some(labels) = &batch.y {
+            totals.add_labels(&y, labels)?;
+        }
+        if let (Some(r), Some(rm)) = (reference, reference_model) {
+            totals.add_reference(&y, &first_output(r, rm, &batch.x)?)?;
+        }
+        totals.samples += batch.indices.len();
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(totals.into_json())
+}
+
+struct Totals {
+    top_k: Vec<usize>,
+    samples: usize,
+    labelled: usize,
+    correct: Vec<usize>,
+    compared: usize,
+    agree: usize,
+    cosine_sum: f64,
+    signal: f64,
+    noise: f64,
+}
+
+impl Totals {
+    fn new(top_k: &[usize]) -> Self {
+        Totals {
+            top_k: top_k.to_vec(),
+            samples: 0,
+            labelled: 0,
+            correct: vec![0; top_k.len()],
+            compared: 0,
+            agree: 0,
+            cosine_sum: 0.0,
+            signal: 0.0,
+            noise: 0.0,
+        }
+    }
+
+    fn add_labels(&mut self, logits: &Tensor, labels: &Tensor) -> Result<(), StageError> {
+        let rows: Vec<Vec<f32>> = logits.to_vec2()?;
+        let labels: Vec<i64> = labels.to_vec1()?;
+        for (row, &label) in rows.iter().zip(&labels) {
+            let Some(&target) = row.get(label as usize) else {
+                return Err(StageError::Invalid(format!(
+                    "label {label} is out of range for {} outputs",
+                    row.len()
+                )));
+            };
+            // Rank = number of classes scoring strictly higher than the label.
+            let rank = row.iter().filter(|&&v| v > target).count();
+            for (k, hits) in self.top_k.iter().zip(self.correct.iter_mut()) {
+                if rank < *k {
+                    *hits += 1;
+                }
+            }
+            self.labelled += 1;
+        }
+        Ok(())
+    }
+
+    fn add_reference(&mut self, y: &Tensor, r: &Tensor) -> Result<(), StageError> {
+        if y.dims() != r.dims() {
+            return Err(StageError::Invalid(format!(
+                "output shape {:?} differs from the reference's {:?}",
+                y.dims(),
+                r.dims()
+            )));
+        }
+        let ys: Vec<Vec<f32>> = y.to_vec2()?;
+        let rs: Vec<Vec<f32>> = r.to_vec2()?;
+        for (a, b) in ys.iter().zip(&rs) {
+            let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
+            for (&x, &z) in a.iter().zip(b) {
+                let (x, z) = (x as f64, z as f64);
+                dot += x * z;
+                na += x * x;
+                nb += z * z;
+                self.signal += z * z;
+                self.noise += (x - z) * (x - z);
+            }
+            self.cosine_sum += if na == 0.0 || nb == 0.0 {
+                f64::from(u8::from(na == nb))
+            } else {
+                dot / (na.sqrt() * nb.sqrt())
+            };
+            self.agree += usize::from(argmax(a) == argmax(b));
+            self.compared += 1;
+        }
+        Ok(())
+    }
+
+    fn into_json(self) -> Map<String, Json> {
+        let mut m = Map::new();
+        m.insert("samples".into(), json!(self.samples));
+        if self.labelled > 0 {
+            for (k, hits) in self.top_k.iter().zip(&self.correct) {
+                m.insert(
+                    format!("top{k}"),
+                    json!(*hits as f64 / self.labelled as f64),
+                );
+            }
+        }
+        if self.compared > 0 {
+            m.insert(
+                "top1_agreement".into(),
+                json!(self.agree as f64 / self.compared as f64),
+            );
+            m.insert(
+                "cosine".into(),
+                json!(self.cosine_sum / self.compared as f64),
+            );
+            let sqnr = if self.noise == 0.0 {
+                f64::INFINITY
+            } else {
+                10.0 * (self.signal / self.noise).log10()
+            };
+            // JSON has no infinity: an exact match reports null with `identical`.
+            m.insert(
+                "sqnr_db".into(),
+                if sqnr.is_finite() {
+                    json!(sqnr)
+                } else {
+                    Json::Null
+                },
+            );
+            m.insert("identical".into(), json!(self.noise == 0.0));
+        }
+        m
+    }
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(0, |best, (i, &x)| if x > v[best] { i } else { best })
+}
+
+/// Median wall time of one forward pass at `batch`, in milliseconds; `None`
+/// when the model's batch dimension is fixed to another size.
+fn latency_ms(
+    model: &Model,
+    exec: &Executor,
+    batch: usize,
+    iters: usize,
+) -> Result<Option<f64>, StageError> {
+    let mut feeds = HashMap::new();
+    for input in &model.graph.inputs {
+        if let Some(Some(Dim::Known(v))) = input.shape.as_ref().map(|s| s.first()) {
+            if *v as usize != batch {
+                return Ok(None);
+            }
+        }
+        let shape: Vec<usize> = input
+            .shape
+            .as_ref()
+            .ok_or_else(|| {
+                StageError::Invalid(format!("input '{}' has no shape for latency", input.name))
+            })?
+            .iter()
+            .enumerate()
+            .map(|(i, d)| match d {
+                Dim::Known(v) => *v as usize,
+                _ if i == 0 => batch,
+                _ => 1,
+            })
+            .collect();
+        let t = Tensor::zeros(shape, CDType::F32, exec.device())?;
+        feeds.insert(
+            input.name.clone(),
+            Value::new(t, input.dtype.unwrap_or(DType::F32)),
+        );
+    }
+    exec.run(&feeds)?;
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let start = Instant::now();
+        for out in exec.run(&feeds)? {
+            out.tensor.to_device(&candle_core::Device::Cpu)?;
+        }
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times.get(times.len() / 2).copied())
+}

@@ -1,0 +1,65 @@
+//! Stage kinds: one file per kind. A stage reads the models it references
+//! (already loaded) and its data set, and returns a model and/or metrics.
+
+mod eval;
+mod fuse;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use candle_core::Device;
+use thiserror::Error;
+
+use crate::data::DataConfig;
+use crate::graph::Model;
+use crate::recipe::{StageParams, StageSpec};
+
+/// Everything a stage may read.
+pub struct StageContext<'a> {
+    pub spec: &'a StageSpec,
+    /// Models by stage name ("model" is the source), for every reference.
+    pub models: &'a BTreeMap<String, Arc<Model>>,
+    pub data: Option<&'a DataConfig>,
+    pub seed: u64,
+    pub device: &'a Device,
+}
+
+impl StageContext<'_> {
+    /// The model named by a reference.
+    pub fn model(&self, name: &str) -> Result<&Model, StageError> {
+        self.models
+            .get(name)
+            .map(Arc::as_ref)
+            .ok_or_else(|| StageError::Internal(format!("model of `{name}` was not loaded")))
+    }
+}
+
+/// A stage's results.
+pub struct StageOutput {
+    pub model: Option<Model>,
+    pub metrics: serde_json::Value,
+}
+
+#[derive(Debug, Error)]
+pub enum StageError {
+    #[error(transparent)]
+    Pass(#[from] crate::passes::PassError),
+    #[error(transparent)]
+    Exec(#[from] crate::exec::ExecError),
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Runs the stage described by `ctx.spec`.
+pub fn run_stage(ctx: &StageContext) -> Result<StageOutput, StageError> {
+    match &ctx.spec.params {
+        StageParams::Fuse(p) => fuse::run(ctx, p),
+        StageParams::Eval(p) => eval::run(ctx, p),
+    }
+}
