@@ -50,7 +50,7 @@ fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
 
 fn npy_raw(dict: &str, data: &[u8]) -> Vec<u8> {
     let mut dict = dict.to_string();
-    while (10 + dict.len() + 1) % 64 != 0 {
+    while !(10 + dict.len() + 1).is_multiple_of(64) {
         dict.push(' ');
     }
     dict.push('\n');
@@ -714,40 +714,4 @@ fn content_hash_tracks_bytes_and_settings_not_location() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("gone"), "{e}");
-}
-
-#[test]
-fn tmp_fashion() {
-    let d = Path::new("/usr/share/datasets/fashion-mnist");
-    for split in ["t10k", "train"] {
-        let t = std::time::Instant::now();
-        let mut cfg = DataConfig::new(Format::Idx, d.join(format!("{split}-images-idx3-ubyte.gz")));
-        cfg.labels = Some(d.join(format!("{split}-labels-idx1-ubyte.gz")));
-        cfg.batch_size = 256;
-        cfg.shuffle = true;
-        let ds = open_dataset(&cfg).unwrap();
-        let opened = t.elapsed();
-        let mut hist = [0usize; 10];
-        let mut sum = 0.0f64;
-        for b in Batches::new(
-            ds.as_ref(),
-            BatchOptions::from_config(&cfg, 0, 0),
-            &Device::Cpu,
-        ) {
-            let b = b.unwrap();
-            for y in b.y.unwrap().to_vec1::<i64>().unwrap() {
-                hist[y as usize] += 1;
-            }
-            sum += b.x.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
-        }
-        eprintln!(
-            "{split}: n={} shape={:?} open {:?} total {:?} hist {hist:?} mean {}",
-            ds.len(),
-            ds.sample_shape(),
-            opened,
-            t.elapsed(),
-            sum / (ds.len() * 784) as f64
-        );
-        eprintln!("hash {} in {:?}", content_hash(&cfg).unwrap(), t.elapsed());
-    }
 }

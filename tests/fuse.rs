@@ -120,3 +120,24 @@ fn transformer_block_keeps_its_function() {
     let (_, after, _, _) = fuse_fixture("transformer_block");
     assert_eq!(count(&after, "LayerNormalization"), 2);
 }
+
+#[test]
+fn qdq_model_keeps_its_quantization() {
+    let (before, after, _, _) = fuse_fixture("qdq_int8");
+    for op in ["QuantizeLinear", "DequantizeLinear"] {
+        assert_eq!(count(&before, op), count(&after, op), "{op} count changed");
+    }
+}
+
+#[test]
+fn ir3_model_with_initializers_as_inputs_folds() {
+    let (before, after, _, _) = fuse_fixture("ir3_inits_as_inputs");
+    assert!(count(&before, "BatchNormalization") > 0);
+    assert_eq!(count(&after, "BatchNormalization"), 0);
+    let inits = &after.graph.initializers;
+    assert!(after
+        .graph
+        .overridable_initializers
+        .iter()
+        .all(|v| inits.contains_key(&v.name)));
+}

@@ -235,7 +235,7 @@ fn a_failing_stage_does_not_stop_an_independent_one() {
     let dir = scratch("fail");
     // 10-dim vectors cannot feed an image model: that eval fails, the other finishes.
     let bad = dir.join("bad.npz");
-    write_npz_f32(&bad, "x", &[4, 10], &vec![0.5; 40]);
+    write_npz_f32(&bad, "x", &[4, 10], &[0.5; 40]);
     let text = std::fs::read_to_string(repo().join("recipes/quickstart.toml"))
         .unwrap()
         .replace("../models/", &format!("{}/models/", repo().display()))
@@ -333,8 +333,7 @@ fn resnet50_recipe_on_the_generated_model() {
         ])
         .output()
         .unwrap();
-    let o = ok(o);
-    let _ = o;
+    ok(o);
     let fused =
         amct::onnx::load_model(&dir.join("out/fuse/model.onnx")).expect("fused model loads");
     let bn = fused

@@ -72,9 +72,14 @@ impl ArrayStore {
                 "a 0-d array holds no samples; expected shape [N, ...]",
             ));
         }
-        let total: u64 =
-            self.shape.iter().map(|&d| d as u64).product::<u64>() * self.dtype.size as u64;
-        let expected = self.offset + total;
+        let expected = self
+            .shape
+            .iter()
+            .try_fold(self.dtype.size as u64, |acc, &d| acc.checked_mul(d as u64))
+            .and_then(|t| t.checked_add(self.offset))
+            .ok_or_else(|| {
+                DataError::shape(&self.path, format!("shape {:?} is too large", self.shape))
+            })?;
         if available < expected {
             return Err(DataError::Truncated {
                 path: self.path.clone(),

@@ -53,11 +53,11 @@ impl DType {
     }
 
     /// True for 8-bit unsigned data, whose default scale is 1/255.
-    pub fn is_u8(&self) -> bool {
+    pub fn is_u8(self) -> bool {
         self.kind == Kind::Uint && self.size == 1
     }
 
-    fn raw_bits(&self, b: &[u8]) -> u64 {
+    fn raw_bits(self, b: &[u8]) -> u64 {
         let mut v = 0u64;
         if self.big_endian {
             for &x in b {
@@ -72,7 +72,7 @@ impl DType {
     }
 
     /// One element as f64 (exact for all integers up to 2^53).
-    pub fn to_f64(&self, b: &[u8]) -> f64 {
+    pub fn to_f64(self, b: &[u8]) -> f64 {
         let bits = self.raw_bits(b);
         let shift = 64 - 8 * self.size as u32;
         match (self.kind, self.size) {
@@ -85,7 +85,7 @@ impl DType {
     }
 
     /// Converts packed elements to f32.
-    pub fn decode_f32(&self, bytes: &[u8], out: &mut Vec<f32>) {
+    pub fn decode_f32(self, bytes: &[u8], out: &mut Vec<f32>) {
         out.extend(bytes.chunks_exact(self.size).map(|b| self.to_f64(b) as f32));
     }
 }
@@ -100,9 +100,11 @@ pub struct Header {
 }
 
 impl Header {
-    /// Number of elements.
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+    /// Size of the data in bytes; `None` when it overflows.
+    pub fn nbytes(&self) -> Option<u64> {
+        self.shape
+            .iter()
+            .try_fold(self.dtype.size as u64, |acc, &d| acc.checked_mul(d as u64))
     }
 }
 

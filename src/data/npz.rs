@@ -99,7 +99,9 @@ fn npz_array(path: &Path, name: &str) -> Result<Option<ArrayStore>, DataError> {
         if let Some(start) = entry.data_start() {
             let size = entry.size();
             let h = npy::read_header(&mut entry).map_err(|m| bad_npy(&ctx, m))?;
-            let need = h.data_offset + (h.numel() * h.dtype.size) as u64;
+            let need = h
+                .nbytes()
+                .map_or(u64::MAX, |n| n.saturating_add(h.data_offset));
             if size < need {
                 return Err(DataError::Truncated {
                     path: ctx,

@@ -66,6 +66,12 @@ impl Pipeline {
         let p = &cfg.preprocess;
         let s = &info.first_shape;
         let nhwc = p.layout == Layout::Nhwc;
+        if s.contains(&0) {
+            return Err(DataError::shape(
+                &cfg.path,
+                format!("samples of shape {s:?} hold no values"),
+            ));
+        }
         let view = match s.len() {
             _ if info.planar => View::Image {
                 stored_hwc: false,

@@ -24,25 +24,46 @@ struct Taps {
 }
 
 impl Taps {
-    /// The filtered value at this pixel; `get(j)` is input `lo + j`.
-    fn apply(&self, get: impl Fn(usize) -> f32, quantize: bool) -> f32 {
+    /// The filtered value of `src` (the inputs from `lo` on).
+    fn dot(&self, src: &[f32], quantize: bool) -> f32 {
         if quantize {
-            let acc: i64 = self
+            let acc = self
                 .k
                 .iter()
-                .enumerate()
-                .map(|(j, k)| k * get(self.lo + j) as i64)
-                .sum::<i64>()
-                + (1 << (PRECISION_BITS - 1));
+                .zip(src)
+                .fold(1i64 << (PRECISION_BITS - 1), |a, (k, &v)| a + k * v as i64);
             (acc >> PRECISION_BITS).clamp(0, 255) as f32
         } else {
-            let s: f64 = self
-                .w
+            self.w
                 .iter()
-                .enumerate()
-                .map(|(j, w)| w * f64::from(get(self.lo + j)))
-                .sum();
-            s as f32
+                .zip(src)
+                .map(|(w, &v)| w * f64::from(v))
+                .sum::<f64>() as f32
+        }
+    }
+
+    /// The weighted sum of whole rows `rows[lo..]` of width `w`, into `out`.
+    fn rows(&self, plane: &[f32], w: usize, quantize: bool, out: &mut Vec<f32>) {
+        let rows = plane[self.lo * w..].chunks_exact(w);
+        if quantize {
+            let mut acc = vec![1i64 << (PRECISION_BITS - 1); w];
+            for (k, row) in self.k.iter().zip(rows) {
+                acc.iter_mut()
+                    .zip(row)
+                    .for_each(|(a, &v)| *a += k * v as i64);
+            }
+            out.extend(
+                acc.iter()
+                    .map(|a| (a >> PRECISION_BITS).clamp(0, 255) as f32),
+            );
+        } else {
+            let mut acc = vec![0f64; w];
+            for (k, row) in self.w.iter().zip(rows) {
+                acc.iter_mut()
+                    .zip(row)
+                    .for_each(|(a, &v)| *a += k * f64::from(v));
+            }
+            out.extend(acc.iter().map(|&a| a as f32));
         }
     }
 }
@@ -93,19 +114,17 @@ impl Planar {
         if w != cur.w {
             let k = coefficients(cur.w, w);
             let mut data = Vec::with_capacity(cur.c * cur.h * w);
-            for ch in 0..cur.c {
-                for y in 0..cur.h {
-                    data.extend(k.iter().map(|t| t.apply(|j| cur.at(ch, y, j), quantize)));
-                }
+            for row in cur.data.chunks_exact(cur.w) {
+                data.extend(k.iter().map(|t| t.dot(&row[t.lo..], quantize)));
             }
             cur = Planar { w, data, ..cur };
         }
         if h != cur.h {
             let k = coefficients(cur.h, h);
             let mut data = Vec::with_capacity(cur.c * h * cur.w);
-            for ch in 0..cur.c {
+            for plane in cur.data.chunks_exact(cur.h * cur.w) {
                 for t in &k {
-                    data.extend((0..cur.w).map(|x| t.apply(|j| cur.at(ch, j, x), quantize)));
+                    t.rows(plane, cur.w, quantize, &mut data);
                 }
             }
             cur = Planar { h, data, ..cur };

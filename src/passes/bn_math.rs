@@ -58,6 +58,25 @@ impl Affine {
     }
 }
 
+/// Folded weight and bias; `bias_dims` is set when the bias is not `[C]`
+/// (a Gemm's broadcast C).
+#[derive(Clone, Debug)]
+pub struct Rewritten {
+    pub weight: Vec<f64>,
+    pub bias: Vec<f64>,
+    pub bias_dims: Option<Vec<i64>>,
+}
+
+impl Rewritten {
+    fn new(weight: Vec<f64>, bias: Vec<f64>) -> Self {
+        Rewritten {
+            weight,
+            bias,
+            bias_dims: None,
+        }
+    }
+}
+
 fn size(dims: &[i64], len: usize) -> Result<(), String> {
     match numel_of(dims) {
         Some(n) if n == len => Ok(()),
@@ -82,7 +101,7 @@ pub fn after_conv(
     dims: &[i64],
     b: Option<&[f64]>,
     bn: &Affine,
-) -> Result<(Vec<f64>, Vec<f64>), String> {
+) -> Result<Rewritten, String> {
     size(dims, w.len())?;
     let cout = dims.first().copied().unwrap_or(0) as usize;
     channels_match("the weight", cout, bn)?;
@@ -92,7 +111,7 @@ pub fn after_conv(
         .enumerate()
         .map(|(i, v)| v * bn.s[i / per])
         .collect();
-    Ok((w2, bn.map_bias(b)?))
+    Ok(Rewritten::new(w2, bn.map_bias(b)?))
 }
 
 /// ConvTranspose weight `[Cin, Cout/g, k...]` followed by BN: output channel
@@ -103,9 +122,9 @@ pub fn after_conv_transpose(
     group: usize,
     b: Option<&[f64]>,
     bn: &Affine,
-) -> Result<(Vec<f64>, Vec<f64>), String> {
+) -> Result<Rewritten, String> {
     size(dims, w.len())?;
-    if dims.len() < 2 || group == 0 || dims[0] as usize % group != 0 {
+    if dims.len() < 2 || group == 0 || !(dims[0] as usize).is_multiple_of(group) {
         return Err(format!("weight dims {dims:?} do not fit group={group}"));
     }
     let (cin, cout_g) = (dims[0] as usize, dims[1] as usize);
@@ -120,12 +139,12 @@ pub fn after_conv_transpose(
             v * bn.s[(i / cin_g) * cout_g + j]
         })
         .collect();
-    Ok((w2, bn.map_bias(b)?))
+    Ok(Rewritten::new(w2, bn.map_bias(b)?))
 }
 
 /// Gemm `alpha·A'·B' + beta·C` followed by BN on its `[M, N]` output.
 /// Scales the columns of `B'` (`B` is `[K, N]`, or `[N, K]` with transB)
-/// and returns (B, C, C dims) for `beta = 1`: `C' = s·beta·C + t`
+/// and returns B and C for `beta = 1`: `C' = s·beta·C + t`
 /// broadcast to `C`'s dims and `[N]`.
 pub fn after_gemm(
     bmat: &[f64],
@@ -134,7 +153,7 @@ pub fn after_gemm(
     c: Option<(&[f64], &[i64])>,
     beta: f64,
     bn: &Affine,
-) -> Result<(Vec<f64>, Vec<f64>, Vec<i64>), String> {
+) -> Result<Rewritten, String> {
     size(bdims, bmat.len())?;
     if bdims.len() != 2 {
         return Err(format!("B has dims {bdims:?}, expected 2-D"));
@@ -151,7 +170,7 @@ pub fn after_gemm(
         })
         .collect();
     let Some((cv, cdims)) = c else {
-        return Ok((b2, bn.t.clone(), vec![n as i64]));
+        return Ok(Rewritten::new(b2, bn.t.clone()));
     };
     size(cdims, cv.len())?;
     // Broadcast C (rank <= 2) against [N] to [rows, N] or [N].
@@ -176,7 +195,11 @@ pub fn after_gemm(
             bn.s[col] * beta * v + bn.t[col]
         })
         .collect();
-    Ok((b2, c2, out_dims))
+    Ok(Rewritten {
+        weight: b2,
+        bias: c2,
+        bias_dims: Some(out_dims),
+    })
 }
 
 /// BN followed by a Conv with no padding, weight `[Cout, Cin/g, k...]`:
@@ -188,9 +211,9 @@ pub fn before_conv(
     group: usize,
     b: Option<&[f64]>,
     bn: &Affine,
-) -> Result<(Vec<f64>, Vec<f64>), String> {
+) -> Result<Rewritten, String> {
     size(dims, w.len())?;
-    if dims.len() < 2 || group == 0 || dims[0] as usize % group != 0 {
+    if dims.len() < 2 || group == 0 || !(dims[0] as usize).is_multiple_of(group) {
         return Err(format!("weight dims {dims:?} do not fit group={group}"));
     }
     let (cout, cin_g) = (dims[0] as usize, dims[1] as usize);
@@ -211,5 +234,5 @@ pub fn before_conv(
         w2.push(v * bn.s[c]);
         b2[o] += v * bn.t[c];
     }
-    Ok((w2, b2))
+    Ok(Rewritten::new(w2, b2))
 }

@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::bn_math::{self, Affine};
+use super::bn_math::{self, Affine, Rewritten};
 use super::util::{self, NameGen};
 use super::{is_excluded, PassError, PassResult};
 use crate::graph::{DType, Model, Node, Tensor};
@@ -181,21 +181,19 @@ fn fold_after(
         PassError::node(PASS, bn_node, format!("with {}: {reason}", layer.label()))
     };
     let group = layer.int_or("group", 1).max(1) as usize;
-    let (wv, bv, bdims) = match layer.op_type.as_str() {
-        "Conv" => bn_math::after_conv(&w.values, &w.dims, bias_vals, bn).map(|(w, b)| (w, b, None)),
-        "ConvTranspose" => bn_math::after_conv_transpose(&w.values, &w.dims, group, bias_vals, bn)
-            .map(|(w, b)| (w, b, None)),
+    let rewritten = match layer.op_type.as_str() {
+        "Conv" => bn_math::after_conv(&w.values, &w.dims, bias_vals, bn),
+        "ConvTranspose" => bn_math::after_conv_transpose(&w.values, &w.dims, group, bias_vals, bn),
         "Gemm" => {
             let trans_b = layer.int_or("transB", 0) != 0;
             let beta = layer.float_or("beta", 1.0) as f64;
             let c = b.as_ref().map(|b| (b.values.as_slice(), b.dims.as_slice()));
             bn_math::after_gemm(&w.values, &w.dims, trans_b, c, beta, bn)
-                .map(|(w, c, d)| (w, c, Some(d)))
         }
         _ => return Ok(None),
     }
     .map_err(err)?;
-    make_folded(w, b, wv, bv, bdims, layer.op_type == "Gemm")
+    make_folded(w, b, rewritten, layer.op_type == "Gemm")
         .map(Some)
         .map_err(err)
 }
@@ -223,10 +221,8 @@ fn fold_before(
     let err = |r: String| PassError::node(PASS, bn_node, format!("with {}: {r}", conv.label()));
     let group = conv.int_or("group", 1).max(1) as usize;
     let bias_vals = b.as_ref().map(|b| b.values.as_slice());
-    let (wv, bv) = bn_math::before_conv(&w.values, &w.dims, group, bias_vals, bn).map_err(err)?;
-    make_folded(w, b, wv, bv, None, false)
-        .map(Some)
-        .map_err(err)
+    let rewritten = bn_math::before_conv(&w.values, &w.dims, group, bias_vals, bn).map_err(err)?;
+    make_folded(w, b, rewritten, false).map(Some).map_err(err)
 }
 
 /// The constant weight (input 1) and optional constant bias (input 2).
@@ -239,14 +235,8 @@ fn weight_and_bias(m: &Model, node: &Node) -> Option<(Param, Option<Param>)> {
     Some((w, b))
 }
 
-fn make_folded(
-    w: Param,
-    b: Option<Param>,
-    wv: Vec<f64>,
-    bv: Vec<f64>,
-    bdims: Option<Vec<i64>>,
-    gemm: bool,
-) -> Result<Folded, String> {
+fn make_folded(w: Param, b: Option<Param>, r: Rewritten, gemm: bool) -> Result<Folded, String> {
+    let (wv, bv, bdims) = (r.weight, r.bias, r.bias_dims);
     let (bname, bdtype, bdims) = match b {
         Some(b) => (b.name, b.dtype, bdims.unwrap_or(b.dims)),
         None => (
@@ -272,7 +262,10 @@ fn make_folded(
 fn apply(m: &mut Model, names: &mut NameGen, read: &dyn Fn(&str) -> usize, node: usize, f: Folded) {
     let weight = m.graph.nodes[node].inputs[1].clone();
     for (slot, (old, mut t)) in (1usize..).zip(f.tensors) {
-        let name = if !old.is_empty() && read(&old) == 1 {
+        // A tensor only this node reads (or one created by an earlier fold
+        // in this sweep) is rewritten in place.
+        let owned = read(&old) == 1 || names.generated(&old);
+        let name = if !old.is_empty() && owned {
             old
         } else if old.is_empty() {
             names.fresh(&match weight.strip_suffix("weight") {

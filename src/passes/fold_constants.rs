@@ -4,9 +4,12 @@
 //! A node folds when all its inputs are constants (non-overridable
 //! initializers, or values folded earlier in this pass): it is evaluated
 //! alone with the executor. A node with non-constant inputs folds when
-//! static shape inference knows its integer outputs exactly (`Shape` of a
-//! value with a fully known shape, and what is computed from it), which is
-//! what makes `Reshape`/`Expand` targets constant.
+//! static shape inference, run from the graph inputs and initializers alone,
+//! knows its integer outputs exactly (`Shape` of a value with a fully known
+//! shape, and what is computed from it), which is what makes
+//! `Reshape`/`Expand` targets constant. Recorded intermediate shapes
+//! (`value_info`) are not trusted for this: exporters may trace them at one
+//! batch size.
 //!
 //! Never folded: random ops, Dropout, (De)QuantizeLinear (folding would undo
 //! quantization), nodes with subgraphs or in other domains, excluded nodes,
@@ -55,7 +58,13 @@ const NEVER: &[&str] = &[
 /// Folds every node whose outputs are known; returns how many nodes folded.
 pub fn fold_constants(model: &Model, exclude: &HashSet<String>) -> PassResult {
     let g = &model.graph;
-    let shapes = infer_shapes(model, &HashMap::new()).map_err(PassError::graph(PASS))?;
+    // Shapes derived from the graph inputs and initializers alone: recorded
+    // intermediate shapes may be traced at one batch size and must not become
+    // constants.
+    let mut bare = model.clone();
+    bare.graph.value_info.clear();
+    bare.graph.outputs.iter_mut().for_each(|o| o.shape = None);
+    let shapes = infer_shapes(&bare, &HashMap::new()).map_err(PassError::graph(PASS))?;
     let order = topological_order(g).map_err(PassError::graph(PASS))?;
     let mut known: HashMap<String, Tensor> = g
         .initializers

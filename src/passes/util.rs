@@ -79,6 +79,7 @@ pub fn output_names(graph: &Graph) -> HashSet<String> {
 /// Generates value names that collide with nothing in the graph.
 pub struct NameGen {
     used: HashSet<String>,
+    generated: HashSet<String>,
 }
 
 impl NameGen {
@@ -91,7 +92,16 @@ impl NameGen {
             used.extend(node.inputs.iter().chain(&node.outputs).cloned());
         }
         used.extend(subgraph_refs(graph));
-        NameGen { used }
+        used.extend(
+            graph
+                .sparse_initializers
+                .iter()
+                .filter_map(|s| s.values.as_ref().and_then(|v| v.name.clone())),
+        );
+        NameGen {
+            used,
+            generated: HashSet::new(),
+        }
     }
 
     /// `base` if unused, else `base_1`, `base_2`, ...; the name is then taken.
@@ -103,7 +113,13 @@ impl NameGen {
             i += 1;
         }
         self.used.insert(name.clone());
+        self.generated.insert(name.clone());
         name
+    }
+
+    /// True for names this generator handed out.
+    pub fn generated(&self, name: &str) -> bool {
+        self.generated.contains(name)
     }
 }
 

@@ -215,3 +215,23 @@ fn chained_bns_fold_one_after_another() {
     assert_eq!((n, out.graph.nodes.len()), (2, 1));
     assert_equivalent(&m, &out);
 }
+
+#[test]
+fn bn_on_both_sides_of_a_conv_folds_in_place() {
+    let mut m = bn_conv(1, &[0, 0, 0, 0]);
+    let mut rng = Rng::new(7);
+    for t in bn_params(&mut rng, "bn2", 8) {
+        m.graph.initializers.insert(t.name.clone(), t);
+    }
+    m.graph.nodes[1].inputs.truncate(2); // no conv bias: one gets created
+    m.graph.initializers.remove("b");
+    m.graph.nodes[1].outputs[0] = "u".into();
+    m.graph.nodes.push(bn("bn2", "u", "y"));
+    let (out, n) = fold_batch_norm(&m, &none()).unwrap();
+    assert_eq!((n, out.graph.nodes.len()), (2, 1));
+    assert_eq!(out.graph.nodes[0].inputs, ["x", "w", "w_bias"]);
+    let mut inits: Vec<&String> = out.graph.initializers.keys().collect();
+    inits.sort();
+    assert_eq!(inits, ["w", "w_bias"]);
+    assert_equivalent(&m, &out);
+}

@@ -137,3 +137,19 @@ fn large_expansions_of_small_inputs_stay() {
     let (out, _) = eliminate_dead_nodes(&out, &none()).unwrap();
     assert_equivalent(&small, &out);
 }
+
+#[test]
+fn recorded_intermediate_shapes_never_become_constants() {
+    let mut custom = node("custom", "Foo", &["x"], &["f"]);
+    custom.domain = "com.example".into();
+    let nodes = vec![custom, node("shape", "Shape", &["f"], &["y"])];
+    let mut m = model(nodes, &[("x", &[2, 3])], &["y"], vec![], 17);
+    m.graph.inputs[0].shape = Some(vec![Dim::Symbolic("N".into()), Dim::Known(3)]);
+    // A traced record of f at batch 1.
+    m.graph
+        .value_info
+        .push(ValueInfo::tensor("f", DType::F32, &[1, 3]));
+    let (out, n) = fold_constants(&m, &none()).unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(count(&out, "Shape"), 1);
+}
