@@ -22,6 +22,9 @@ use amct::scheduler::{Cache, RunOptions, StageStatus};
     about = "Model compression toolkit for ONNX models"
 )]
 struct Cli {
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -123,10 +126,29 @@ enum CacheAction {
 
 fn main() {
     let cli = Cli::parse();
+    init_logging(cli.verbose);
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Logs go to stderr through tracing: warnings by default, `-v` info,
+/// `-vv` debug; `RUST_LOG` (e.g. `amct=debug`) takes precedence.
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("amct={level}")));
+    let color = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(color)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -127,8 +127,15 @@ pub fn run_recipe(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, RunEr
             ));
             continue;
         }
+        tracing::info!(stage = %spec.name, kind = spec.kind.name(), "stage starts");
         let outcome = run_one(recipe, spec, opts, &cache, &device, &mut produced);
         let seconds = t0.elapsed().as_secs_f64();
+        match &outcome {
+            Ok((_, _, hit, key)) => {
+                tracing::info!(stage = %spec.name, cache_hit = hit, key = %key, seconds, "stage done")
+            }
+            Err(e) => tracing::warn!(stage = %spec.name, error = %e, "stage failed"),
+        }
         match outcome {
             Ok((record_model, metrics, hit, key)) => records.push(StageRecord {
                 name: spec.name.clone(),
