@@ -95,7 +95,7 @@ fn toml_syntax_error() {
 #[test]
 fn unknown_section() {
     let text = format!("{GOOD}\n[stagez.x]\nkind = \"fuse\"\n");
-    assert_at("section", &text, 22, 2, "unknown section `stagez`");
+    assert_at("section", &text, 21, 2, "unknown section `stagez`");
 }
 
 #[test]
@@ -252,5 +252,5 @@ fn override_changes_a_value() {
 #[test]
 fn invalid_sweep_value() {
     let text = format!("{GOOD}\n[sweep]\n\"stages.fuse.kind\" = [\"fuse\", \"fusion\"]\n");
-    assert_at("sweep", &text, 22, 1, "sweep value");
+    assert_at("sweep", &text, 22, 22, "sweep value");
 }

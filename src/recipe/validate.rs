@@ -111,6 +111,19 @@ pub fn dependencies(stage: &StageSpec) -> Vec<&str> {
     deps
 }
 
+/// The key through which `stage` refers to `target`.
+fn role_of(stage: &StageSpec, target: &str) -> &'static str {
+    if stage.input.as_deref() == Some(target) {
+        "input"
+    } else if stage.inputs.iter().any(|i| i == target) {
+        "inputs"
+    } else if stage.teacher.as_deref() == Some(target) {
+        "teacher"
+    } else {
+        "reference"
+    }
+}
+
 fn check_acyclic(source: &RecipeSource, stages: &[StageSpec]) -> Result<(), RecipeError> {
     let by_name: BTreeMap<&str, &StageSpec> = stages.iter().map(|s| (s.name.as_str(), s)).collect();
     // 0 = unvisited, 1 = on the stack, 2 = done.
@@ -147,9 +160,13 @@ fn check_acyclic(source: &RecipeSource, stages: &[StageSpec]) -> Result<(), Reci
     for stage in stages {
         let mut path = Vec::new();
         if let Some(cycle) = visit(&stage.name, &by_name, &mut state, &mut path) {
-            let first = cycle[0];
+            let (first, next) = (cycle[0], cycle.get(1).copied().unwrap_or(cycle[0]));
+            let key = by_name
+                .get(first)
+                .map(|s| role_of(s, next))
+                .unwrap_or("input");
             return Err(source.error(
-                &["stages", first],
+                &["stages", first, key],
                 format!("stages form a cycle: {}", cycle.join(" -> ")),
             ));
         }
