@@ -303,6 +303,12 @@ fn normalization() {
         |_| {},
     );
     check("layernorm", &model, 0.0, 10);
+    unary("LRN", &[2, 5, 3, 3], 0.0, 13, |n| {
+        n.set_int("size", 3);
+        n.set_float("alpha", 0.5);
+        n.set_float("beta", 0.75);
+        n.set_float("bias", 1.5);
+    });
 }
 
 #[test]
