@@ -21,18 +21,25 @@ fn scratch(tag: &str) -> PathBuf {
     dir
 }
 
+/// `amct run RECIPE --out DIR/OUT --cache DIR/cache EXTRA...`, not started.
+fn run_command(recipe: &Path, dir: &Path, out: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(AMCT);
+    cmd.arg("run")
+        .arg(recipe)
+        .arg("--out")
+        .arg(dir.join(out))
+        .arg("--cache")
+        .arg(dir.join("cache"))
+        .args(extra);
+    cmd
+}
+
+fn quickstart() -> PathBuf {
+    repo().join("recipes/quickstart.toml")
+}
+
 fn run(dir: &Path, out: &str, extra: &[&str]) -> Output {
-    let recipe = repo().join("recipes/quickstart.toml");
-    Command::new(AMCT)
-        .arg("run")
-        .arg(&recipe)
-        .args([
-            "--out",
-            dir.join(out).to_str().unwrap(),
-            "--cache",
-            dir.join("cache").to_str().unwrap(),
-        ])
-        .args(extra)
+    run_command(&quickstart(), dir, out, extra)
         .output()
         .expect("amct runs")
 }
@@ -149,18 +156,8 @@ fn entries_complete(cache: &Path) {
 #[test]
 fn two_runs_on_one_cache_at_once() {
     let dir = scratch("concurrent");
-    let recipe = repo().join("recipes/quickstart.toml");
     let spawn = |out: &str| {
-        Command::new(AMCT)
-            .arg("run")
-            .arg(&recipe)
-            .args([
-                "--out",
-                dir.join(out).to_str().unwrap(),
-                "--cache",
-                dir.join("cache").to_str().unwrap(),
-            ])
-            .args(FAST)
+        run_command(&quickstart(), &dir, out, FAST)
             .spawn()
             .expect("spawn")
     };
@@ -180,16 +177,7 @@ fn two_runs_on_one_cache_at_once() {
 fn sigkill_mid_stage_then_rerun_matches_an_uninterrupted_run() {
     let dir = scratch("kill");
     let slow = ["--set", "stages.eval.latency_iters=400"];
-    let mut child = Command::new(AMCT)
-        .arg("run")
-        .arg(repo().join("recipes/quickstart.toml"))
-        .args([
-            "--out",
-            dir.join("killed").to_str().unwrap(),
-            "--cache",
-            dir.join("cache").to_str().unwrap(),
-        ])
-        .args(slow)
+    let mut child = run_command(&quickstart(), &dir, "killed", &slow)
         .spawn()
         .expect("spawn");
     // Wait until fuse is committed (eval is then running), then kill -9.
@@ -243,18 +231,7 @@ fn a_failing_stage_does_not_stop_an_independent_one() {
         + &format!("\n[data.bad]\nformat = \"npz\"\npath = \"{}\"\n\n[stages.eval_bad]\nkind = \"eval\"\ninputs = [\"fuse\"]\ndata = \"bad\"\nlatency = false\n", bad.display());
     let recipe = dir.join("recipe.toml");
     std::fs::write(&recipe, text).unwrap();
-    let o = Command::new(AMCT)
-        .arg("run")
-        .arg(&recipe)
-        .args([
-            "--out",
-            dir.join("out").to_str().unwrap(),
-            "--cache",
-            dir.join("cache").to_str().unwrap(),
-        ])
-        .args(FAST)
-        .output()
-        .unwrap();
+    let o = run_command(&recipe, &dir, "out", FAST).output().unwrap();
     assert!(!o.status.success(), "a failed stage must fail the run");
     let r = report(&dir, "out");
     let by_name = |n: &str| {
@@ -316,21 +293,9 @@ fn resnet50_recipe_on_the_generated_model() {
         "fixture missing: run scripts/test.sh (it generates {})",
         fixture.display()
     );
-    let o = Command::new(AMCT)
-        .arg("run")
-        .arg(repo().join("recipes/resnet50.toml"))
-        .args([
-            "--out",
-            dir.join("out").to_str().unwrap(),
-            "--cache",
-            dir.join("cache").to_str().unwrap(),
-        ])
-        .args([
-            "--set",
-            &format!("model.path=\"{}\"", fixture.display()),
-            "--set",
-            "stages.eval.latency=false",
-        ])
+    let pin = format!("model.path=\"{}\"", fixture.display());
+    let extra = ["--set", pin.as_str(), "--set", "stages.eval.latency=false"];
+    let o = run_command(&repo().join("recipes/resnet50.toml"), &dir, "out", &extra)
         .output()
         .unwrap();
     ok(o);
