@@ -1,5 +1,5 @@
-//! Writes a run's outputs: `<out>/<stage>/` (model.onnx and result.json,
-//! linked or copied from the cache), `report.json` and `report.md`.
+//! Writes a run's outputs: `<out>/<stage>/` (every file of the stage's
+//! cache entry, linked or copied), `report.json` and `report.md`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -27,10 +27,13 @@ pub fn write_outputs(
         }
         std::fs::create_dir_all(&dest)
             .map_err(|e| format!("creating '{}': {e}", dest.display()))?;
-        for name in ["model.onnx", "model.onnx.data", "result.json"] {
-            let from = src.join(name);
-            if from.exists() {
-                link_or_copy(&from, &dest.join(name))?;
+        let entries = std::fs::read_dir(src)
+            .map_err(|e| format!("reading cache entry '{}': {e}", src.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("reading '{}': {e}", src.display()))?;
+            let hidden = entry.file_name().to_string_lossy().starts_with('.');
+            if entry.path().is_file() && !hidden {
+                link_or_copy(&entry.path(), &dest.join(entry.file_name()))?;
             }
         }
     }

@@ -317,6 +317,13 @@ fn run_one(
                 )
                 .map_err(|e| e.to_string())?;
             }
+            for (name, model) in &out.extra_models {
+                save_model(model, &staging.join(name), &ExportOptions::default())
+                    .map_err(|e| e.to_string())?;
+            }
+            for (name, bytes) in &out.files {
+                std::fs::write(staging.join(name), bytes).map_err(|e| e.to_string())?;
+            }
             let summary = serde_json::json!({ "metrics": out.metrics, "model": out.model.as_ref().map(model_summary) });
             let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
             std::fs::write(staging.join("result.json"), text).map_err(|e| e.to_string())?;

@@ -48,10 +48,7 @@ pub fn run(ctx: &StageContext, params: &EvalParams) -> Result<StageOutput, Stage
         }
         results.insert(name.clone(), Json::Object(m));
     }
-    Ok(StageOutput {
-        model: None,
-        metrics: Json::Object(results),
-    })
+    Ok(StageOutput::new(None, Json::Object(results)))
 }
 
 fn executor(ctx: &StageContext, model: &Model) -> Result<Executor, StageError> {

@@ -16,8 +16,5 @@ pub fn run(ctx: &StageContext, params: &FuseParams) -> Result<StageOutput, Stage
     };
     let (fused, report) = fuse_pipeline(model, &options)?;
     let metrics = serde_json::to_value(&report).map_err(|e| StageError::Internal(e.to_string()))?;
-    Ok(StageOutput {
-        model: Some(fused),
-        metrics,
-    })
+    Ok(StageOutput::new(Some(fused), metrics))
 }

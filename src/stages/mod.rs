@@ -37,7 +37,23 @@ impl StageContext<'_> {
 /// A stage's results.
 pub struct StageOutput {
     pub model: Option<Model>,
+    /// Further models saved next to `model.onnx` (e.g. `fake_quant.onnx`).
+    pub extra_models: Vec<(String, Model)>,
+    /// Further files saved next to `model.onnx` (e.g. `quant_record.json`).
+    pub files: Vec<(String, Vec<u8>)>,
     pub metrics: serde_json::Value,
+}
+
+impl StageOutput {
+    /// An output with a model (or metrics) and nothing else.
+    pub fn new(model: Option<Model>, metrics: serde_json::Value) -> Self {
+        StageOutput {
+            model,
+            extra_models: Vec::new(),
+            files: Vec::new(),
+            metrics,
+        }
+    }
 }
 
 #[derive(Debug, Error)]
