@@ -10,6 +10,7 @@ pub mod graph;
 pub mod inspect;
 pub mod onnx;
 pub mod passes;
+pub mod progress;
 pub mod recipe;
 pub mod scheduler;
 pub mod stages;

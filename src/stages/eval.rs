@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_core::{DType as CDType, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
 use prost::Message;
 use serde_json::{json, Map, Value as Json};
 
@@ -143,10 +142,10 @@ fn over_data(
         BatchOptions::from_config(cfg, ctx.seed, 0),
         ctx.device,
     );
-    let bar = ProgressBar::new(batches.num_batches() as u64).with_message(format!("eval {name}"));
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} batches {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    let bar = crate::progress::bar(
+        batches.num_batches() as u64,
+        "batches",
+        format!("eval {name}"),
     );
     let mut totals = Totals::new(&params.top_k);
     for batch in batches {
