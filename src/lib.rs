@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod onnx;
 pub mod passes;
 pub mod progress;
+pub mod quant;
 pub mod recipe;
 pub mod scheduler;
 pub mod stages;

@@ -125,6 +125,33 @@ impl Executor {
         feeds: &HashMap<String, Value>,
         keep: &[&str],
     ) -> Result<HashMap<String, Value>> {
+        self.run_inner(feeds, keep, &mut |_, _| Ok(()))
+    }
+
+    /// Runs the graph and shows every graph input and node output to
+    /// `observe` as it is produced (before it is freed); returns the outputs.
+    pub fn run_observed(
+        &self,
+        feeds: &HashMap<String, Value>,
+        observe: &mut dyn FnMut(&str, &Value) -> Result<()>,
+    ) -> Result<Vec<Value>> {
+        let env = self.run_inner(feeds, &[], observe)?;
+        self.outputs
+            .iter()
+            .map(|name| {
+                env.get(name)
+                    .cloned()
+                    .ok_or_else(|| ExecError::Missing(name.clone()))
+            })
+            .collect()
+    }
+
+    fn run_inner(
+        &self,
+        feeds: &HashMap<String, Value>,
+        keep: &[&str],
+        observe: &mut dyn FnMut(&str, &Value) -> Result<()>,
+    ) -> Result<HashMap<String, Value>> {
         let mut env: HashMap<String, Value> = self.constants.clone();
         for (name, (var, dtype)) in &self.params {
             env.insert(name.clone(), Value::new(var.as_tensor().clone(), *dtype));
@@ -134,7 +161,9 @@ impl Executor {
                 name: name.clone(),
                 reason: "is a graph input but was not given".into(),
             })?;
-            env.insert(name.clone(), self.coerce_feed(name, v, *dtype)?);
+            let value = self.coerce_feed(name, v, *dtype)?;
+            observe(name, &value)?;
+            env.insert(name.clone(), value);
         }
         for (node, frees) in self.nodes.iter().zip(&self.frees_after) {
             let inputs = node
@@ -160,6 +189,7 @@ impl Executor {
             let outs = ops::run(&ctx).map_err(|e| with_node(e, node))?;
             for (name, value) in node.outputs.iter().zip(outs) {
                 if !name.is_empty() {
+                    observe(name, &value)?;
                     env.insert(name.clone(), value);
                 }
             }

@@ -33,6 +33,7 @@ pub use fold_batch_norm::fold_batch_norm;
 pub use fold_constants::fold_constants;
 pub use pipeline::{fuse_pipeline, FuseOptions, FuseReport, PassCount};
 pub use remove_identity::remove_identity;
+pub(crate) use util::{tidy, NameGen};
 
 /// What a pass returns: the rewritten model and the number of rewrites made.
 pub type PassResult = Result<(crate::graph::Model, usize), PassError>;

@@ -8,6 +8,7 @@
 mod error;
 mod located;
 mod overrides;
+mod quantize;
 mod schema;
 mod source;
 mod stage;
@@ -19,6 +20,10 @@ use std::path::{Path, PathBuf};
 
 pub use error::{Origin, RecipeError};
 pub use overrides::parse_override;
+pub use quantize::{
+    ActivationAlgo, ActivationConfig, ActivationType, EqualizeConfig, EqualizeMethod, LayerConfig,
+    QuantizeParams, RollbackConfig, RollbackMetric, WeightAlgo, WeightConfig, DEFAULT_OPS,
+};
 pub use schema::{ModelSection, RecipeMeta};
 pub use source::RecipeSource;
 pub use stage::{EvalParams, FuseParams, StageKind, StageParams, StageSpec};

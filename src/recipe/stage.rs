@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::RecipeError;
 use super::located::deserialize_at;
+use super::quantize::QuantizeParams;
 use super::source::RecipeSource;
 
 /// The stage kinds of the recipe language.
@@ -53,7 +54,10 @@ impl StageKind {
 
     /// Whether this version of amct can run the kind.
     pub fn implemented(self) -> bool {
-        matches!(self, StageKind::Fuse | StageKind::Eval)
+        matches!(
+            self,
+            StageKind::Fuse | StageKind::Eval | StageKind::Quantize
+        )
     }
 }
 
@@ -107,6 +111,7 @@ fn default_latency_iters() -> usize {
 #[serde(untagged)]
 pub enum StageParams {
     Fuse(FuseParams),
+    Quantize(QuantizeParams),
     Eval(EvalParams),
 }
 
@@ -156,7 +161,7 @@ pub fn parse_stage(
     if !kind.implemented() {
         return Err(source.error(
             &at("kind"),
-            format!("stage kind `{kind_name}` is not available in this version of amct yet (available: fuse, eval)"),
+            format!("stage kind `{kind_name}` is not available in this version of amct yet (available: fuse, quantize, eval)"),
         ));
     }
     let string = |key: &'static str| -> Result<Option<String>, RecipeError> {
@@ -168,6 +173,12 @@ pub fn parse_stage(
             }
         }
     };
+    if kind == StageKind::Quantize && !table.contains_key("data") {
+        return Err(source.error(
+            &["stages", name],
+            format!("quantize stage `{name}` needs `data = \"NAME\"` (its calibration set)"),
+        ));
+    }
     let mut params = table.clone();
     params.remove("kind");
     for key in ["input", "inputs", "teacher", "reference", "data"] {
@@ -190,9 +201,12 @@ pub fn parse_stage(
         }
     };
     let path = ["stages", name];
-    let value = toml::Value::Table(params);
+    let value = toml::Value::Table(params.clone());
     let params = match kind {
         StageKind::Fuse => StageParams::Fuse(deserialize_at(source, &path, value)?),
+        StageKind::Quantize => {
+            StageParams::Quantize(super::quantize::parse_quantize(source, name, params)?)
+        }
         _ => StageParams::Eval(deserialize_at(source, &path, value)?),
     };
     if let StageParams::Eval(e) = &params {

@@ -2,7 +2,10 @@
 //! (already loaded) and its data set, and returns a model and/or metrics.
 
 mod eval;
+mod feed;
 mod fuse;
+mod quantize;
+mod quantize_rollback;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -76,6 +79,7 @@ pub enum StageError {
 pub fn run_stage(ctx: &StageContext) -> Result<StageOutput, StageError> {
     match &ctx.spec.params {
         StageParams::Fuse(p) => fuse::run(ctx, p),
+        StageParams::Quantize(p) => quantize::run(ctx, p),
         StageParams::Eval(p) => eval::run(ctx, p),
     }
 }

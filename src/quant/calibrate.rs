@@ -1,0 +1,55 @@
+//! Calibration: runs batches through the float model and feeds each
+//! watched tensor to its observer as it is produced (nothing is stored
+//! beyond the observers' histograms).
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::DType as CDType;
+
+use super::observer::Observer;
+use crate::exec::{ExecError, Executor, Value};
+
+/// What to record for one tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watch {
+    pub bins: usize,
+    pub channel_means: bool,
+}
+
+/// Observers of the watched tensors, filled batch by batch.
+pub struct Calibrator {
+    pub observers: BTreeMap<String, Observer>,
+    pub batches: usize,
+}
+
+impl Calibrator {
+    pub fn new(watch: &BTreeMap<String, Watch>) -> Self {
+        Calibrator {
+            observers: watch
+                .iter()
+                .map(|(name, w)| (name.clone(), Observer::new(w.bins, w.channel_means)))
+                .collect(),
+            batches: 0,
+        }
+    }
+
+    /// Runs one batch; returns the model's outputs.
+    pub fn observe_batch(
+        &mut self,
+        exec: &Executor,
+        feeds: &HashMap<String, Value>,
+    ) -> Result<Vec<Value>, ExecError> {
+        let observers = &mut self.observers;
+        let outs = exec.run_observed(feeds, &mut |name, value| {
+            if let Some(obs) = observers.get_mut(name) {
+                if value.dtype.is_float() {
+                    let flat = value.tensor.flatten_all()?.to_dtype(CDType::F32)?;
+                    obs.observe(&flat.to_vec1::<f32>()?, value.dims());
+                }
+            }
+            Ok(())
+        })?;
+        self.batches += 1;
+        Ok(outs)
+    }
+}
