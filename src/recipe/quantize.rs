@@ -374,8 +374,11 @@ fn default_activation_algo() -> ActivationAlgo {
 fn default_weight_algo() -> WeightAlgo {
     WeightAlgo::Minmax
 }
+/// uint8 activations with int8 weights (u8s8) is the combination
+/// onnxruntime's x86 CPU kernels fuse everywhere (with int8 activations it
+/// leaves convolutions whose input is shared, and Add, in float).
 fn default_activation_type() -> ActivationType {
-    ActivationType::Int8
+    ActivationType::Uint8
 }
 fn default_percentile() -> f64 {
     99.999

@@ -1,0 +1,226 @@
+"""`quantize` stage outputs in onnxruntime: fake_quant.onnx and deploy.onnx
+pass onnx.checker's full check and run in onnxruntime with every graph
+optimization on; every quantized Conv/Gemm/MatMul becomes an integer kernel
+in onnxruntime's optimized graph; deploy.onnx is at least 3.5x smaller than
+the float model (for models whose size is mostly weights); amct's executor
+agrees with onnxruntime's literal QDQ semantics within one quantization
+step of the output; and accuracy-based rollback returns exactly a
+deliberately sensitive layer to float."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from amctlib import ROOT, fixture_dir, load_npz, model_path, ort_run, run_amct
+
+INTEGER_KERNELS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger",
+                   "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearConvTranspose"}
+FLOAT_KERNELS = {"Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul", "NchwcConv",
+                 "ConvTranspose"}
+
+
+def write_recipe(path: Path, model: Path, data: Path, extra: str = "", preprocess: str = "",
+                 batch_size: int = 8, fuse: bool = True) -> Path:
+    stages = '[stages.fuse]\nkind = "fuse"\n\n' if fuse else ""
+    path.write_text(f"""
+[recipe]
+name = "quant-test"
+seed = 0
+
+[model]
+path = "{model}"
+
+[data.calib]
+format = "npz"
+path = "{data}"
+batch_size = {batch_size}
+{preprocess}
+
+{stages}[stages.quantize]
+kind = "quantize"
+data = "calib"
+batches = 2
+{extra}
+""")
+    return path
+
+
+def calib_npz(tmp: Path, name: str) -> tuple[Path, str]:
+    """Calibration data for a fixture: bundled MNIST digits or seeded noise."""
+    if name == "mnist_cnn":
+        return ROOT / "data" / "mnist_test_500.npz", 'preprocess = { mean = [0.1307], std = [0.3081] }'
+    x = load_npz(fixture_dir(name) / "in_b8.npz")["input"]
+    rng = np.random.default_rng(0)
+    xs = np.concatenate([x, x + 0.1 * rng.standard_normal(x.shape).astype(np.float32)])
+    path = tmp / "calib.npz"
+    np.savez(path, x=xs.astype(np.float32))
+    return path, ""
+
+
+def optimized_ops(model: Path, tmp: Path) -> Counter:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    out = tmp / (model.stem + ".ort_optimized.onnx")
+    opts.optimized_model_filepath = str(out)
+    ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(str(out)).graph.node)
+
+
+def early_tensors(model: Path, record: dict, tmp: Path, count: int) -> Path:
+    """A copy of `model` that also outputs its first `count` quantized activations."""
+    m = onnx.load(str(model))
+    names = [n.output[0] for n in m.graph.node
+             if n.op_type == "DequantizeLinear" and n.output[0] in record["tensors"]][:count]
+    outputs = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in outputs:
+            m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    out = tmp / f"{model.stem}.early.onnx"
+    onnx.save(m, str(out))
+    return out
+
+
+def amct_infer(model: Path, feeds: dict, tmp: Path) -> dict:
+    inp, out = tmp / f"{model.stem}.in.npz", tmp / f"{model.stem}.out.npz"
+    np.savez(inp, **feeds)
+    run_amct("infer", model, "--input", inp, "--output", out)
+    return load_npz(out)
+
+
+@pytest.mark.parametrize("name", ["mnist_cnn", "resnet50", "mobilenetv2", "transformer_block"])
+def test_quantized_models_run_in_onnxruntime(name, tmp_path):
+    data, pre = calib_npz(tmp_path, name)
+    recipe = write_recipe(tmp_path / "q.toml", model_path(name), data, preprocess=pre,
+                          extra='activation = { algo = "hfmg" }\nactivation_matmul = true')
+    out = tmp_path / "out"
+    run_amct("run", recipe, "--out", out, "--cache", tmp_path / "cache")
+    qdir = out / "quantize"
+    record = json.loads((qdir / "quant_record.json").read_text())
+    assert record["layers"], "no layer was quantized"
+    feeds = load_npz(fixture_dir(name) / "in_b1.npz")
+    float_ref = ort_run(model_path(name), feeds)
+    for kind in ["fake_quant", "deploy"]:
+        path = qdir / f"{kind}.onnx"
+        onnx.checker.check_model(str(path), full_check=True)
+        got = ort_run(path, feeds, optimize=True)
+        for k, v in got.items():
+            assert v.shape == float_ref[k].shape and np.all(np.isfinite(v)), k
+        ops = optimized_ops(path, tmp_path)
+        left = {op: n for op, n in ops.items() if op in FLOAT_KERNELS}
+        ints = sum(n for op, n in ops.items() if op in INTEGER_KERNELS)
+        print(f"{name} {kind}: integer kernels {ints}, float kernels left {left}")
+        assert ints >= len(record["layers"]), f"{kind}: only {ints} integer kernels for {len(record['layers'])} layers: {ops}"
+        assert not left, f"{kind}: float kernels left in onnxruntime's optimized graph: {left}"
+
+        # amct's executor against onnxruntime's literal QDQ semantics, in
+        # quantization steps. Float summation order differs between
+        # executors, so a value lying on a rounding boundary can flip by one
+        # step (about 1 element in 10^5 per layer); in the deep random-weight
+        # models such flips then grow layer by layer (onnxruntime's own
+        # integer kernels drift further from its literal semantics than amct
+        # does). So: the first quantized tensors agree within one step
+        # everywhere, the trained MNIST CNN's logits too, and the final
+        # outputs are never further off than onnxruntime's own kernels.
+        early = early_tensors(path, record, tmp_path, count=3)
+        literal = ort_run(early, feeds, optimize=False)
+        mine = amct_infer(early, feeds, tmp_path)
+        for k, ref in literal.items():
+            step = record["tensors"].get(k, {}).get("scale") or 1e-4 * float(np.max(np.abs(ref)))
+            steps = np.abs(mine[k].astype(np.float64) - ref) / step
+            print(f"{name} {kind} {k}: amct vs ort literal: max {steps.max():.2f} steps, "
+                  f"{np.mean(steps > 0.5):.2e} of elements differ")
+            if k in got:
+                kernels = np.abs(got[k].astype(np.float64) - ref) / step
+                print(f"    onnxruntime's kernels vs literal: max {kernels.max():.2f} steps")
+                assert steps.max() <= max(1.0001, kernels.max() + 1e-4)
+                if name == "mnist_cnn":
+                    assert steps.max() <= 1.0001
+            else:
+                assert steps.max() <= 1.0001, f"{kind} tensor {k}: {steps.max():.2f} steps off"
+
+    float_size = model_path(name).stat().st_size
+    deploy_size = (qdir / "deploy.onnx").stat().st_size
+    print(f"{name}: float {float_size} B, deploy {deploy_size} B, ratio {float_size / deploy_size:.2f}")
+    if name != "transformer_block":  # tiny weights: the graph itself dominates its size
+        assert float_size / deploy_size >= 3.5
+
+
+def sensitive_model(path: Path) -> None:
+    """conv_a -> relu -> conv_b -> relu -> conv_c -> GAP -> fc. conv_a's
+    channel 2 is all zeros, and conv_b reads it with one huge weight: no effect
+    in float, but one scale for conv_b's whole weight (per-tensor) then rounds
+    every other weight of conv_b to zero. No other layer is hurt."""
+    rng = np.random.default_rng(1)
+    wa = rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3
+    wa[2] = 0.0
+    wb = rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.1
+    wb[3, 2, 1, 1] = 50.0
+    wc = rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.1
+    wfc = rng.standard_normal((10, 8)).astype(np.float32) * 0.5
+    inits = [numpy_helper.from_array(a, n) for a, n in
+             [(wa, "wa"), (wb, "wb"), (wc, "wc"), (wfc, "wfc"), (np.zeros(10, np.float32), "bfc")]]
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["ar"], name="relu_a"),
+        helper.make_node("Conv", ["ar", "wb"], ["b"], name="conv_b", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["b"], ["br"], name="relu_b"),
+        helper.make_node("Conv", ["br", "wc"], ["c"], name="conv_c", pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wfc", "bfc"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "sensitive",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+
+
+def test_rollback_returns_exactly_the_sensitive_layer(tmp_path):
+    model = tmp_path / "sensitive.onnx"
+    sensitive_model(model)
+    rng = np.random.default_rng(2)
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=rng.standard_normal((32, 3, 16, 16)).astype(np.float32))
+    tolerance = 0.999
+    recipe = write_recipe(tmp_path / "q.toml", model, data, fuse=False, extra=f"""
+weight = {{ per_channel = false }}
+rollback = {{ metric = "cosine", tolerance = {tolerance} }}
+""")
+    out = tmp_path / "out"
+    run_amct("run", recipe, "--out", out, "--cache", tmp_path / "cache")
+    record = json.loads((out / "quantize" / "quant_record.json").read_text())
+    rb = record["rollback"]
+    print(json.dumps({k: rb[k] for k in ["float_layers", "result", "met"]}))
+    print(json.dumps(rb["sensitivity"]))
+    assert rb["met"] is True
+    assert rb["float_layers"] == ["conv_b"]
+    assert rb["sensitivity"][0]["layer"] == "conv_b"
+    assert rb["result"]["cosine"] >= tolerance
+    assert "conv_b" not in record["layers"] and "conv_a" in record["layers"]
+    # Without rollback the same settings miss the tolerance.
+    recipe = write_recipe(tmp_path / "q2.toml", model, data, fuse=False,
+                          extra="weight = { per_channel = false }")
+    run_amct("run", recipe, "--out", tmp_path / "out2", "--cache", tmp_path / "cache")
+    feeds = {"x": rng.standard_normal((8, 3, 16, 16)).astype(np.float32)}
+    ref = ort_run(model, feeds)["y"]
+
+    def cosine(path):
+        y = ort_run(path, feeds, optimize=False)["y"]
+        return float(np.mean(np.sum(y * ref, 1) / (np.linalg.norm(y, axis=1) * np.linalg.norm(ref, axis=1))))
+
+    without, with_rb = cosine(tmp_path / "out2" / "quantize" / "deploy.onnx"), cosine(out / "quantize" / "deploy.onnx")
+    print(f"cosine with float: no rollback {without:.5f}, rollback {with_rb:.5f}")
+    assert without < tolerance <= with_rb
