@@ -1,0 +1,281 @@
+//! The quantize stage through the library: the plan on the pretrained
+//! MNIST CNN (Relu folded into layer outputs, MaxPool sharing its input's
+//! parameters), fake-quant and deploy models computing the same outputs in
+//! amct's executor, a 3.5x smaller deploy model, the record's contents, the
+//! bundled recipe end to end, and located recipe errors for quantize keys.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use amct::exec::{ExecOptions, Executor, Value};
+use amct::graph::DType;
+use amct::onnx::load_model;
+use amct::quant::{QdqForm, Quantizer};
+use amct::recipe::{load_recipe, QuantizeParams, StageParams};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn write(tag: &str, name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("amct-quant-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+/// A quantize recipe on the bundled MNIST CNN and digits, with `extra`
+/// lines in the quantize stage.
+fn recipe_text(extra: &str) -> String {
+    let root = root();
+    format!(
+        r#"[recipe]
+name = "mnist-int8"
+
+[model]
+path = "{model}"
+
+[data.digits]
+format = "npz"
+path = "{data}"
+preprocess = {{ mean = [0.1307], std = [0.3081] }}
+batch_size = 50
+
+[stages.quantize]
+kind = "quantize"
+data = "digits"
+{extra}
+"#,
+        model = root.join("models/mnist_cnn.onnx").display(),
+        data = root.join("data/mnist_test_500.npz").display(),
+    )
+}
+
+fn quantize_params(tag: &str, extra: &str) -> QuantizeParams {
+    let path = write(tag, "recipe.toml", &recipe_text(extra));
+    let recipe = load_recipe(&path, &[]).expect("valid recipe");
+    match &recipe.stages[0].params {
+        StageParams::Quantize(p) => p.clone(),
+        _ => panic!("not a quantize stage"),
+    }
+}
+
+fn digits() -> Value {
+    let data = root().join("data/mnist_test_500.npz");
+    let arrays =
+        amct::exec::npz::read_npz(&data, &candle_core::Device::Cpu, candle_core::DType::F32)
+            .expect("digits");
+    let x = arrays["x"].tensor.narrow(0, 0, 64).expect("narrow");
+    let x = ((x / 255.0).expect("scale") - 0.1307).expect("sub") / 0.3081;
+    Value::new(x.expect("normalize"), DType::F32)
+}
+
+fn run(model: &amct::graph::Model, x: &Value) -> Vec<f32> {
+    let exec = Executor::new(model, ExecOptions::default()).expect("executor");
+    let outs = exec
+        .run(&HashMap::from([("input".to_string(), x.clone())]))
+        .expect("run");
+    outs[0]
+        .tensor
+        .flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .expect("values")
+}
+
+#[test]
+fn plan_folds_relu_and_ties_maxpool() {
+    let model = load_model(&root().join("models/mnist_cnn.onnx")).expect("model");
+    let params = quantize_params("plan", "");
+    let plan = amct::quant::plan(&model, &params, &BTreeSet::new());
+    assert_eq!(plan.layers.len(), 5, "3 Conv + 2 Gemm");
+    let producers: HashMap<&str, &str> = model
+        .graph
+        .nodes
+        .iter()
+        .flat_map(|n| {
+            n.outputs
+                .iter()
+                .map(move |o| (o.as_str(), n.op_type.as_str()))
+        })
+        .collect();
+    for t in plan.activations.keys() {
+        let op = producers.get(t.as_str()).copied().unwrap_or("graph input");
+        assert_ne!(op, "Conv", "Q/DQ between a Conv and its Relu ({t})");
+    }
+    for node in model.graph.nodes.iter().filter(|n| n.op_type == "MaxPool") {
+        assert_eq!(
+            plan.representative(&node.outputs[0]),
+            plan.representative(&node.inputs[0]),
+            "MaxPool {} shares its input's parameters",
+            node.name
+        );
+    }
+    let skip = quantize_params("plan-skip", "skip_types = [\"Gemm\"]");
+    let plan = amct::quant::plan(&model, &skip, &BTreeSet::new());
+    assert_eq!(plan.layers.len(), 3);
+    assert_eq!(plan.skipped.len(), 2);
+}
+
+#[test]
+fn fake_quant_and_deploy_compute_the_same_outputs() {
+    let model = load_model(&root().join("models/mnist_cnn.onnx")).expect("model");
+    let params = quantize_params("same", "weight = { bias_correction = true }");
+    let mut q = Quantizer::new(model.clone(), params).expect("quantizer");
+    let exec = Executor::new(&q.float, ExecOptions::default()).expect("executor");
+    let x = digits();
+    let feeds = HashMap::from([("input".to_string(), x.clone())]);
+    q.calibrator
+        .observe_batch(&exec, &feeds)
+        .expect("calibrate");
+    q.finish_calibration();
+    let fake = q.build(&BTreeSet::new(), QdqForm::FakeQuant).expect("fake");
+    let deploy = q.build(&BTreeSet::new(), QdqForm::Deploy).expect("deploy");
+    let (f, d, reference) = (
+        run(&fake.model, &x),
+        run(&deploy.model, &x),
+        run(&model, &x),
+    );
+    assert_eq!(f, d, "fake-quant and deploy differ");
+    assert_ne!(f, reference, "quantization changed nothing");
+    let argmax = |v: &[f32]| -> Vec<usize> {
+        v.chunks(10)
+            .map(|r| (0..10).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap())
+            .collect()
+    };
+    let agree = argmax(&f)
+        .iter()
+        .zip(argmax(&reference))
+        .filter(|(a, b)| **a == *b)
+        .count();
+    assert!(agree >= 62, "only {agree}/64 top-1 agree with float");
+    let int8_bytes: usize = deploy
+        .model
+        .graph
+        .initializers
+        .values()
+        .filter(|t| t.dtype == DType::I8)
+        .map(|t| t.numel())
+        .sum();
+    assert!(
+        int8_bytes >= 380_000,
+        "weights stored as int8: {int8_bytes}"
+    );
+    assert!(deploy
+        .model
+        .graph
+        .initializers
+        .values()
+        .all(|t| t.dtype != DType::F32 || t.numel() <= 512));
+}
+
+#[test]
+fn recipe_writes_every_quantize_output() {
+    let recipe = write("run", "recipe.toml", &recipe_text("batches = 2"));
+    let out = recipe.parent().unwrap().join("out");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_amct"))
+        .args(["run", recipe.to_str().unwrap(), "--out"])
+        .arg(&out)
+        .arg("--cache")
+        .arg(recipe.parent().unwrap().join("cache"))
+        .output()
+        .expect("amct");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let dir = out.join("quantize");
+    for f in [
+        "model.onnx",
+        "fake_quant.onnx",
+        "deploy.onnx",
+        "quant_record.json",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len() as f64;
+    let ratio = size(&root().join("models/mnist_cnn.onnx")) / size(&dir.join("deploy.onnx"));
+    assert!(ratio >= 3.5, "deploy only {ratio:.2}x smaller");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("quant_record.json")).unwrap())
+            .unwrap();
+    let tensors = record["tensors"].as_object().expect("tensors");
+    assert!(
+        tensors.contains_key("input"),
+        "the graph input is quantized"
+    );
+    for (name, t) in tensors {
+        let scale = t["scale"].as_f64().unwrap_or(0.0);
+        assert!(scale > 0.0, "{name}: scale {scale}");
+        let zp = t["zero_point"].as_i64().expect("zero point");
+        assert!((0..=255).contains(&zp), "{name}: uint8 zero point {zp}");
+    }
+    let layers = record["layers"].as_object().expect("layers");
+    assert_eq!(layers.len(), 5);
+    for (name, l) in layers {
+        let scales = l["weight"]["scale"].as_array().expect("scales");
+        assert!(scales.len() > 1, "{name}: per-channel scales");
+    }
+}
+
+/// Asserts the recipe fails at `line:col` with a message containing `needle`.
+fn assert_error(tag: &str, extra: &str, line: usize, col: usize, needle: &str) {
+    let path = write(tag, "recipe.toml", &recipe_text(extra));
+    let e = load_recipe(&path, &[]).expect_err("invalid recipe");
+    let shown = e.to_string();
+    assert_eq!(
+        e.location(),
+        format!("{}:{line}:{col}", path.display()),
+        "{tag}: {shown}"
+    );
+    assert!(shown.contains(needle), "{tag}: {shown}");
+}
+
+#[test]
+fn quantize_recipe_errors_are_located() {
+    assert_error("bits", "weight = { bits = 9 }", 16, 19, "4 to 8");
+    assert_error(
+        "algo",
+        "activation = { algo = \"kl\" }",
+        16,
+        23,
+        "unknown variant",
+    );
+    assert_error(
+        "typo",
+        "activation = { algo = \"hfmg\", symetric = true }",
+        16,
+        31,
+        "symetric",
+    );
+    assert_error("top-typo", "batchs = 3", 16, 1, "batchs");
+    assert_error(
+        "layer",
+        "[stages.quantize.layers.conv1]\nweight = { bits = 2 }",
+        17,
+        19,
+        "4 to 8",
+    );
+    assert_error(
+        "layer-key",
+        "[stages.quantize.layers.conv1]\nwieght = { bits = 6 }",
+        17,
+        1,
+        "wieght",
+    );
+    assert_error(
+        "rollback",
+        "rollback = { metric = \"cosine\", tolerance = 2.0 }",
+        16,
+        45,
+        "tolerance",
+    );
+    let path = write(
+        "no-data",
+        "recipe.toml",
+        &recipe_text("").replace("data = \"digits\"\n", ""),
+    );
+    let e = load_recipe(&path, &[]).expect_err("quantize without data");
+    assert!(e.to_string().contains("calibration set"), "{e}");
+}
