@@ -4,6 +4,7 @@
 //! quantization record and accuracy-based rollback.
 
 pub mod calibrate;
+pub mod equalize;
 pub mod histogram;
 pub mod observer;
 pub mod plan;
@@ -12,6 +13,7 @@ pub mod qparams;
 pub mod quantizer;
 pub mod range_search;
 pub mod record;
+pub mod smooth;
 pub mod weights;
 
 pub use observer::Observer;

@@ -6,6 +6,7 @@ mod feed;
 mod fuse;
 mod quantize;
 mod quantize_rollback;
+mod smoothquant;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -14,17 +14,23 @@ use super::{StageContext, StageError, StageOutput};
 use crate::data::{open_dataset, BatchOptions, Batches};
 use crate::exec::{ExecOptions, Executor};
 use crate::graph::Model;
+use crate::quant::equalize::cross_layer_equalize;
 use crate::quant::{record::quant_record, QdqForm, Quantizer};
-use crate::recipe::{QuantizeParams, MODEL};
+use crate::recipe::{EqualizeMethod, QuantizeParams, MODEL};
 
 pub fn run(ctx: &StageContext, params: &QuantizeParams) -> Result<StageOutput, StageError> {
     let input = ctx.spec.input.as_deref().unwrap_or(MODEL);
-    let float = ctx.model(input)?.clone();
+    let mut float = ctx.model(input)?.clone();
     check_opset(&float, params)?;
     let data = ctx.data.ok_or_else(|| {
         StageError::Invalid("a quantize stage needs `data` (the calibration set)".into())
     })?;
     let t0 = Instant::now();
+    let equalized = match &params.equalize {
+        Some(eq) if eq.method == EqualizeMethod::Cle => cross_layer_equalize(&mut float, 4),
+        Some(eq) => super::smoothquant::run(ctx, &mut float, eq.alpha, data, params.batches)?,
+        None => 0,
+    };
     let mut q = Quantizer::new(float, params.clone()).map_err(graph)?;
     let exec = Executor::new(
         &q.float,
@@ -85,6 +91,7 @@ pub fn run(ctx: &StageContext, params: &QuantizeParams) -> Result<StageOutput, S
         "quantized_tensors": fake.plan.activations.len(),
         "float_nodes": fake.plan.skipped.len(),
         "calibration_batches": q.calibrator.batches,
+        "equalized": equalized,
         "calibration_seconds": calibration_seconds,
         "deploy_size_bytes": size_of(&deploy.model),
         "rollback": rollback_json.unwrap_or(Json::Null),

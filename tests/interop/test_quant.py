@@ -224,3 +224,26 @@ rollback = {{ metric = "cosine", tolerance = {tolerance} }}
     without, with_rb = cosine(tmp_path / "out2" / "quantize" / "deploy.onnx"), cosine(out / "quantize" / "deploy.onnx")
     print(f"cosine with float: no rollback {without:.5f}, rollback {with_rb:.5f}")
     assert without < tolerance <= with_rb
+
+
+@pytest.mark.parametrize("name,method", [("mnist_cnn", "cle"), ("transformer_block", "smoothquant")])
+def test_equalization_runs_and_keeps_accuracy(name, method, tmp_path):
+    """Equalization rewrites the float model exactly, then quantizes: the
+    stage reports how many pairs/activations it balanced, and the deploy
+    model still tracks the float model in onnxruntime."""
+    data, pre = calib_npz(tmp_path, name)
+    recipe = write_recipe(tmp_path / "q.toml", model_path(name), data, preprocess=pre,
+                          extra=f'equalize = {{ method = "{method}" }}\nactivation_matmul = true')
+    out = tmp_path / "out"
+    run_amct("run", recipe, "--out", out, "--cache", tmp_path / "cache")
+    report = json.loads((out / "report.json").read_text())
+    metrics = next(s for s in report["stages"] if s["name"] == "quantize")["metrics"]
+    print(f"{name} {method}: equalized {metrics['equalized']}")
+    assert metrics["equalized"] >= (3 if method == "cle" else 2)
+    feeds = load_npz(fixture_dir(name) / "in_b8.npz")
+    ref = next(iter(ort_run(model_path(name), feeds).values()))
+    got = next(iter(ort_run(out / "quantize" / "deploy.onnx", feeds).values()))
+    a, b = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
+    cos = float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+    print(f"{name} {method}: cosine with float {cos:.5f}")
+    assert cos > 0.99
