@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use amct::exec::{self, ExecOptions, Executor, Value};
 use amct::graph::{Dim, Model};
 use amct::onnx::{self as onnx_io, ExportOptions};
-use amct::scheduler::{Cache, RunOptions, StageStatus};
+use amct::scheduler::{Cache, RunError, RunOptions, StageStatus};
 
 #[derive(Parser)]
 #[command(
@@ -147,8 +147,23 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(color)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
         .try_init();
+}
+
+/// Writes each log line to stderr with the progress bars cleared first, so
+/// bars and logs never overwrite each other.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        amct::progress::suspend(|| std::io::stderr().write_all(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -208,7 +223,11 @@ fn run_recipe(
         force,
         device: device.unwrap_or_else(|| recipe.meta.device.clone()),
     };
-    let report = amct::scheduler::run_recipe(&recipe, &options)?;
+    let report = match amct::scheduler::run_recipe(&recipe, &options) {
+        Ok(report) => report,
+        Err(e @ RunError::Interrupted { .. }) => interrupted(&e),
+        Err(e) => return Err(e.into()),
+    };
     for st in &report.stages {
         let state = match st.status {
             StageStatus::Ok if st.cache_hit => "cached".to_string(),
@@ -229,6 +248,22 @@ fn run_recipe(
         );
     }
     Ok(())
+}
+
+/// Says what an interruption left behind and exits with 128 + the signal.
+fn interrupted(e: &RunError) -> ! {
+    let running = match e {
+        RunError::Interrupted { running, .. } => running.as_slice(),
+        _ => &[],
+    };
+    let quoted = running;
+    let what = match quoted {
+        [] => "no stage was running".to_string(),
+        [one] => format!("stage {one} was running"),
+        many => format!("stages {} were running", many.join(", ")),
+    };
+    eprintln!("interrupted: {what}; finished stages are cached, rerun to resume");
+    std::process::exit(e.exit_code())
 }
 
 fn cache_cmd(action: CacheAction, root: Option<PathBuf>) -> Result<()> {

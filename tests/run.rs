@@ -1,6 +1,8 @@
 //! `amct run` end to end through the binary: outputs, cache hits, rerunning
-//! only what changed, concurrent runs on one cache, a SIGKILL mid-stage,
-//! and a failing stage that does not stop an independent one.
+//! only what changed, concurrent runs on one cache, a SIGKILL and a SIGINT
+//! mid-stage, a failing stage that does not stop an independent one,
+//! independent stages running at once within `[recipe] jobs`, and eval
+//! latency in onnxruntime (and its error when Python or onnxruntime is missing).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -318,4 +320,234 @@ fn resnet50_recipe_on_the_generated_model() {
         m["fuse"]["parameters"].as_u64() < m["model"]["parameters"].as_u64(),
         "BN parameters folded away"
     );
+}
+
+/// Writes DIR/recipe.toml: `[recipe] name` plus `recipe_extra` lines, the
+/// bundled MNIST CNN as the model, then `stages`.
+fn mnist_recipe(dir: &Path, recipe_extra: &str, stages: &str) -> PathBuf {
+    let text = format!(
+        "[recipe]\nname = \"t\"\n{recipe_extra}\n[model]\npath = \"{}\"\n\n{stages}",
+        repo().join("models/mnist_cnn.onnx").display()
+    );
+    let path = dir.join("recipe.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The [start, end] interval of a stage in report.json.
+fn interval(r: &Value, name: &str) -> (f64, f64) {
+    let s = r["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no stage {name} in {r}"));
+    assert_eq!(s["status"], "ok", "{s}");
+    let start = s["started_at"].as_f64().unwrap();
+    (start, start + s["seconds"].as_f64().unwrap())
+}
+
+#[test]
+fn independent_heavy_stages_overlap_only_within_the_jobs_budget() {
+    let dir = scratch("jobs");
+    // Two independent compute-heavy stages (different keys: top_k differs),
+    // each about a second of latency runs in a debug build.
+    let stage = |name: &str, k: usize| {
+        format!("[stages.{name}]\nkind = \"eval\"\ninputs = [\"model\"]\ntop_k = [{k}]\nlatency_iters = 30\n\n")
+    };
+    let stages = stage("eval_a", 1) + &stage("eval_b", 5);
+    let recipe = mnist_recipe(&dir, "", &stages);
+    let runs = [("serial", None), ("parallel", Some("recipe.jobs=2"))];
+    for (out, jobs) in runs {
+        let mut extra = vec!["--no-cache"];
+        if let Some(j) = jobs {
+            extra.extend(["--set", j]);
+        }
+        ok(run_command(&recipe, &dir, out, &extra).output().unwrap());
+        let r = report(&dir, out);
+        let names: Vec<&str> = r["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["eval_a", "eval_b"], "report keeps file order");
+        let (a, b) = (interval(&r, "eval_a"), interval(&r, "eval_b"));
+        let overlap = a.0 < b.1 && b.0 < a.1;
+        if jobs.is_some() {
+            assert!(
+                overlap,
+                "jobs = 2: stages ran one after the other: {a:?} {b:?}"
+            );
+        } else {
+            assert!(!overlap, "jobs = 1: stages overlapped: {a:?} {b:?}");
+        }
+    }
+}
+
+#[test]
+fn jobs_must_be_at_least_one() {
+    let dir = scratch("jobs-zero");
+    let recipe = mnist_recipe(&dir, "jobs = 0", "[stages.fuse]\nkind = \"fuse\"\n");
+    let o = run_command(&recipe, &dir, "out", &[]).output().unwrap();
+    assert!(!o.status.success(), "jobs = 0 was accepted");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("{}:3:8", recipe.display())) && err.contains("at least 1"),
+        "{err}"
+    );
+    assert!(
+        !dir.join("out").exists(),
+        "nothing runs after a recipe error"
+    );
+}
+
+#[test]
+fn sigint_mid_stage_exits_130_and_a_rerun_resumes() {
+    let dir = scratch("sigint");
+    let slow = ["--set", "stages.eval.latency_iters=400"];
+    let child = run_command(&quickstart(), &dir, "stopped", &slow)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Wait until fuse is committed (eval is then running), then Ctrl-C.
+    let entries = dir.join("cache/entries");
+    let start = Instant::now();
+    while std::fs::read_dir(&entries).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "fuse never finished"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let waited = Instant::now();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        waited.elapsed() < Duration::from_secs(10),
+        "amct took {:?} to stop after SIGINT",
+        waited.elapsed()
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "stderr: {err}");
+    assert!(
+        err.contains(
+            "interrupted: stage eval was running; finished stages are cached, rerun to resume"
+        ),
+        "{err}"
+    );
+    entries_complete(&dir.join("cache"));
+    assert_eq!(
+        std::fs::read_dir(&entries).unwrap().count(),
+        1,
+        "only fuse was committed"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.join("cache/tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+    // Resume: fuse is a hit, eval recomputed; results equal a clean run's.
+    ok(run(&dir, "resumed", FAST));
+    let resumed = report(&dir, "resumed");
+    assert_eq!(executed(&resumed), ["eval"]);
+    let clean = scratch("sigint-clean");
+    ok(run(&clean, "out", FAST));
+    let fresh = report(&clean, "out");
+    let bytes = |d: &Path, o: &str| std::fs::read(d.join(o).join("fuse/model.onnx")).unwrap();
+    assert_eq!(bytes(&dir, "resumed"), bytes(&clean, "out"));
+    assert_eq!(
+        resumed["stages"][1]["metrics"],
+        fresh["stages"][1]["metrics"]
+    );
+}
+
+/// The project's pinned Python (scripts/setup_venv.sh), which has onnxruntime.
+fn venv_python() -> PathBuf {
+    let python = std::env::var("AMCT_VENV_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join(".venv/bin/python"));
+    assert!(
+        python.exists(),
+        "no Python at {}: run scripts/test.sh (it makes the .venv)",
+        python.display()
+    );
+    python
+}
+
+const ORT_EVAL: &str = "[stages.fuse]\nkind = \"fuse\"\n\n[stages.eval]\nkind = \"eval\"\ninputs = [\"model\", \"fuse\"]\nlatency = false\nlatency_iters = 3\nlatency_batch = 4\nonnxruntime = true\n";
+
+#[test]
+fn eval_times_models_in_onnxruntime() {
+    let dir = scratch("ort");
+    let recipe = mnist_recipe(&dir, "", ORT_EVAL);
+    let o = run_command(&recipe, &dir, "out", &[])
+        .env("AMCT_PYTHON", venv_python())
+        .output()
+        .unwrap();
+    ok(o);
+    let r = report(&dir, "out");
+    let m = &r["stages"][1]["metrics"];
+    for model in ["model", "fuse"] {
+        for key in ["ort_latency_ms_batch1", "ort_latency_ms_batch4"] {
+            let ms = m[model][key].as_f64().unwrap_or(-1.0);
+            assert!(ms > 0.0 && ms < 10_000.0, "{model} {key}: {}", m[model]);
+        }
+        assert!(
+            m[model].get("latency_ms_batch1").is_none(),
+            "latency = false still timed amct's executor: {}",
+            m[model]
+        );
+    }
+}
+
+#[test]
+fn eval_in_onnxruntime_without_python_or_onnxruntime_fails_clearly() {
+    let dir = scratch("ort-missing");
+    let recipe = mnist_recipe(&dir, "", ORT_EVAL);
+    // A Python that cannot import numpy/onnxruntime: the venv's without site-packages.
+    let bare = dir.join("bare-python");
+    std::fs::write(
+        &bare,
+        format!("#!/bin/sh\nexec '{}' -S \"$@\"\n", venv_python().display()),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&bare).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&bare, perms).unwrap();
+    let cases = [
+        (dir.join("no-such-python"), "could not be run"),
+        (bare, "cannot import"),
+    ];
+    for (i, (python, needle)) in cases.iter().enumerate() {
+        let out = format!("out{i}");
+        let o = run_command(&recipe, &dir, &out, &["--no-cache"])
+            .env("AMCT_PYTHON", python)
+            .output()
+            .unwrap();
+        assert!(
+            !o.status.success(),
+            "{} did not fail the run",
+            python.display()
+        );
+        let r = report(&dir, &out);
+        assert_eq!(r["stages"][0]["status"], "ok", "fuse does not need Python");
+        let eval = &r["stages"][1];
+        assert_eq!(eval["status"], "failed", "{eval}");
+        let error = eval["error"].as_str().unwrap();
+        for want in [
+            *needle,
+            "onnxruntime",
+            "AMCT_PYTHON",
+            &python.display().to_string(),
+        ] {
+            assert!(error.contains(want), "error lacks `{want}`: {error}");
+        }
+    }
 }

@@ -17,6 +17,22 @@ pub struct RecipeMeta {
     pub device: String,
     #[serde(default)]
     pub description: String,
+    /// Compute-heavy stages run at once on the device (at least 1).
+    #[serde(default = "default_jobs", deserialize_with = "at_least_one")]
+    pub jobs: usize,
+}
+
+fn default_jobs() -> usize {
+    1
+}
+
+/// A count that must be 1 or more (serde's error is located by the caller).
+fn at_least_one<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = usize::deserialize(d)?;
+    if n == 0 {
+        return Err(serde::de::Error::custom("must be at least 1, got 0"));
+    }
+    Ok(n)
 }
 
 fn default_device() -> String {

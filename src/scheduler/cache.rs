@@ -3,10 +3,13 @@
 //! An entry is a directory `entries/<key>/` holding the stage's files
 //! (`model.onnx`, `result.json`, ...). It is built in `tmp/` and renamed into
 //! place in one step, so a killed run never leaves a half entry; a lock file
-//! per key keeps two runs from computing the same entry at once.
+//! per key keeps two runs from computing the same entry at once. Once a run
+//! is interrupted, [`Cache::close`] stops further commits and removes the
+//! run's own staging folders.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
@@ -17,6 +20,8 @@ pub enum CacheError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the run was interrupted; nothing more is committed to the cache")]
+    Closed,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
@@ -30,6 +35,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
+    /// True once closed; held while staging folders are made or committed,
+    /// so closing never races a commit.
+    closed: Arc<Mutex<bool>>,
 }
 
 /// Held while an entry is computed; dropping it releases the lock.
@@ -45,6 +53,7 @@ impl Cache {
         }
         Ok(Cache {
             root: root.to_path_buf(),
+            closed: Arc::new(Mutex::new(false)),
         })
     }
 
@@ -82,6 +91,10 @@ impl Cache {
 
     /// A fresh temporary directory to build an entry in.
     pub fn staging_dir(&self, key: &str) -> Result<PathBuf, CacheError> {
+        let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        if *closed {
+            return Err(CacheError::Closed);
+        }
         let dir = self
             .root
             .join("tmp")
@@ -95,6 +108,10 @@ impl Cache {
 
     /// Marks `staging` complete and moves it into place as entry `key`.
     pub fn commit(&self, key: &str, staging: &Path) -> Result<PathBuf, CacheError> {
+        let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        if *closed {
+            return Err(CacheError::Closed);
+        }
         let marker = staging.join(".complete");
         File::create(&marker)
             .and_then(|f| f.sync_all())
@@ -110,6 +127,26 @@ impl Cache {
         }
         fs::rename(staging, &dest).map_err(io(&dest))?;
         Ok(dest)
+    }
+
+    /// Stops this process's commits for good and removes its staging
+    /// folders (best effort: a stage still writing may fail, never commit).
+    pub fn close(&self) {
+        let mut closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        *closed = true;
+        let suffix = format!(".{}", std::process::id());
+        if let Ok(dir) = fs::read_dir(self.root.join("tmp")) {
+            for entry in dir.flatten() {
+                if entry.file_name().to_string_lossy().ends_with(&suffix) {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+
+    /// Removes a staging folder left by a stage that failed after making it.
+    pub fn discard(&self, staging: &Path) {
+        let _ = fs::remove_dir_all(staging);
     }
 
     /// Every finished entry with its size in bytes and age in seconds.

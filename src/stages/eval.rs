@@ -1,8 +1,12 @@
 //! `eval`: accuracy (top-k with labels), agreement with a reference model
 //! (top-1 agreement, mean cosine similarity, SQNR), size, parameters, MACs
-//! and latency at batch 1 and batch N, for each evaluated model.
+//! and latency at batch 1 and batch N, for each evaluated model: with
+//! amct's executor (`latency`) and, when the recipe asks (`onnxruntime`), in
+//! onnxruntime through a Python subprocess (`AMCT_PYTHON`, else `python3`).
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{DType as CDType, Tensor};
@@ -30,20 +34,27 @@ pub fn run(ctx: &StageContext, params: &EvalParams) -> Result<StageOutput, Stage
         let model = ctx.model(name)?;
         let exec = executor(ctx, model)?;
         let mut m = static_metrics(model);
+        let batches: Vec<usize> = if params.latency_batch == 1 {
+            vec![1]
+        } else {
+            vec![1, params.latency_batch]
+        };
+        // First: a missing Python or onnxruntime fails the stage before the long work.
+        if params.onnxruntime {
+            let times = ort_latency_ms(model, name, &batches, params.latency_iters)?;
+            for (batch, ms) in batches.iter().zip(times) {
+                m.insert(format!("ort_latency_ms_batch{batch}"), json!(ms));
+            }
+        }
         if let Some(cfg) = ctx.data {
             let data_metrics = over_data(ctx, cfg, &exec, reference.as_ref(), params, name)?;
             m.extend(data_metrics);
         }
         if params.latency {
-            m.insert(
-                "latency_ms_batch1".into(),
-                json!(latency_ms(model, &exec, 1, params.latency_iters)?),
-            );
-            let n = params.latency_batch;
-            m.insert(
-                format!("latency_ms_batch{n}"),
-                json!(latency_ms(model, &exec, n, params.latency_iters)?),
-            );
+            for &batch in &batches {
+                let ms = latency_ms(model, &exec, batch, params.latency_iters, name)?;
+                m.insert(format!("latency_ms_batch{batch}"), json!(ms));
+            }
         }
         results.insert(name.clone(), Json::Object(m));
     }
@@ -297,6 +308,7 @@ fn latency_ms(
     exec: &Executor,
     batch: usize,
     iters: usize,
+    name: &str,
 ) -> Result<Option<f64>, StageError> {
     let mut feeds = HashMap::new();
     for input in &model.graph.inputs {
@@ -326,6 +338,7 @@ fn latency_ms(
         );
     }
     exec.run(&feeds)?;
+    let bar = crate::progress::bar(iters as u64, "runs", format!("latency {name} b{batch}"));
     let mut times = Vec::with_capacity(iters);
     for _ in 0..iters {
         let start = Instant::now();
@@ -333,7 +346,116 @@ fn latency_ms(
             out.tensor.to_device(&candle_core::Device::Cpu)?;
         }
         times.push(start.elapsed().as_secs_f64() * 1e3);
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     times.sort_by(f64::total_cmp);
     Ok(times.get(times.len() / 2).copied())
+}
+
+/// The script run by [`ort_latency_ms`]; see its docstring.
+const ORT_SCRIPT: &str = include_str!("eval_ort_latency.py");
+
+/// Median onnxruntime latency of `model` at each of `batches` in
+/// milliseconds (`None` where the batch dimension is fixed to another size),
+/// measured by a Python subprocess with intra-op threads = CPU cores.
+/// Python or onnxruntime missing is an error that says how to fix it.
+fn ort_latency_ms(
+    model: &Model,
+    name: &str,
+    batches: &[usize],
+    iters: usize,
+) -> Result<Vec<Option<f64>>, StageError> {
+    let python = std::env::var_os("AMCT_PYTHON").unwrap_or_else(|| "python3".into());
+    let shown = Path::new(&python).display().to_string();
+    let fix = "set AMCT_PYTHON to a Python that has onnxruntime and numpy (for example \
+               .venv/bin/python, made by scripts/setup_venv.sh), or `pip install onnxruntime numpy`, \
+               or set `onnxruntime = false`";
+    let tmp = TempDir::new(name)?;
+    let file = tmp.0.join("model.onnx");
+    crate::onnx::save_model(model, &file, &crate::onnx::ExportOptions::default())
+        .map_err(|e| StageError::Internal(format!("writing '{name}' for onnxruntime: {e}")))?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let list: Vec<String> = batches.iter().map(usize::to_string).collect();
+    let spinner = crate::progress::spinner(format!("onnxruntime latency {name}"));
+    let output = Command::new(&python)
+        .arg("-c")
+        .arg(ORT_SCRIPT)
+        .arg(&file)
+        .arg(list.join(","))
+        .arg(iters.to_string())
+        .arg(threads.to_string())
+        .output();
+    spinner.finish_and_clear();
+    let output = output.map_err(|e| {
+        StageError::Invalid(format!(
+            "`onnxruntime = true` needs Python with onnxruntime, but `{shown}` could not be run ({e}); {fix}"
+        ))
+    })?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let parsed: Option<Json> = serde_json::from_str(stdout.trim()).ok();
+    if output.status.code() == Some(3) {
+        if let Some(missing) = parsed.as_ref().and_then(|j| j.get("missing")) {
+            return Err(StageError::Invalid(format!(
+                "`onnxruntime = true` needs onnxruntime, but `{shown}` cannot import it ({}); {fix}",
+                missing.as_str().unwrap_or_default()
+            )));
+        }
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let tail: String = stderr
+        .lines()
+        .rev()
+        .take(5)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
+    let times = match parsed {
+        Some(Json::Object(map)) if output.status.success() => map,
+        _ => {
+            return Err(StageError::Invalid(format!(
+                "onnxruntime could not time '{name}' (`{shown}` exited with {}): {}",
+                output.status,
+                if tail.is_empty() {
+                    stdout.trim()
+                } else {
+                    tail.as_str()
+                }
+            )))
+        }
+    };
+    Ok(batches
+        .iter()
+        .map(|b| times.get(&b.to_string()).and_then(Json::as_f64))
+        .collect())
+}
+
+/// A temporary folder removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Result<Self, StageError> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let safe: String = tag
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let dir = std::env::temp_dir().join(format!(
+            "amct-ort-{}-{}-{safe}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StageError::Internal(format!("creating '{}': {e}", dir.display())))?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
