@@ -7,11 +7,30 @@ the batch, other dynamic dimensions are 1. Prints one JSON object mapping
 each batch to the median milliseconds of ITERS timed runs after two warm-up
 runs, or to null when the model's batch dimension is fixed to another size.
 Exit code 3 with {"missing": ...} when numpy or onnxruntime cannot be imported.
+Exits at once when amct (the parent process) goes away, e.g. after Ctrl-C,
+removing amct's temporary folder that holds MODEL.
 """
 
 import json
+import os
+import shutil
 import sys
+import threading
 import time
+
+
+def exit_with_parent(model_dir):
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    if os.path.basename(model_dir).startswith("amct-ort-"):
+        shutil.rmtree(model_dir, ignore_errors=True)
+    os._exit(1)
+
+
+if len(sys.argv) > 1:
+    MODEL_DIR = os.path.dirname(os.path.abspath(sys.argv[1]))
+    threading.Thread(target=exit_with_parent, args=(MODEL_DIR,), daemon=True).start()
 
 try:
     import numpy as np
