@@ -56,7 +56,7 @@ fn quantize_params(tag: &str, extra: &str) -> QuantizeParams {
     let path = write(tag, "recipe.toml", &recipe_text(extra));
     let recipe = load_recipe(&path, &[]).expect("valid recipe");
     match &recipe.stages[0].params {
-        StageParams::Quantize(p) => p.clone(),
+        StageParams::Quantize(p) => (**p).clone(),
         _ => panic!("not a quantize stage"),
     }
 }
@@ -278,4 +278,43 @@ fn quantize_recipe_errors_are_located() {
     );
     let e = load_recipe(&path, &[]).expect_err("quantize without data");
     assert!(e.to_string().contains("calibration set"), "{e}");
+}
+
+#[test]
+fn adaround_through_the_recipe_never_loses_to_nearest() {
+    let extra = "batches = 1\nweight = { bits = 6, rounding = \"adaround\", adaround = { iterations = 15 } }";
+    let recipe = write("ada", "recipe.toml", &recipe_text(extra));
+    let out = recipe.parent().unwrap().join("out");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_amct"))
+        .args(["run", recipe.to_str().unwrap(), "--out"])
+        .arg(&out)
+        .arg("--cache")
+        .arg(recipe.parent().unwrap().join("cache"))
+        .output()
+        .expect("amct");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let ada = report["stages"][0]["metrics"]["adaround"]
+        .as_object()
+        .expect("adaround report")
+        .clone();
+    assert_eq!(ada.len(), 5, "{ada:?}");
+    let mut improved = 0;
+    for (layer, r) in ada {
+        let near = r["nearest_mse"].as_f64().unwrap();
+        let learned = r["adaround_mse"].as_f64().unwrap();
+        let kept = r["kept"].as_str().unwrap();
+        // Learned rounding is kept only where it reproduces the layer better.
+        assert_eq!(kept == "adaround", learned < near, "{layer}: {r}");
+        improved += usize::from(learned < near);
+    }
+    assert!(
+        improved >= 3,
+        "adaround improved only {improved} of 5 layers"
+    );
 }

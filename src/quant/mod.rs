@@ -3,6 +3,7 @@
 //! Q/DQ go), the QDQ writers for the fake-quant and deploy models, the
 //! quantization record and accuracy-based rollback.
 
+pub mod adaround;
 pub mod calibrate;
 pub mod equalize;
 pub mod histogram;

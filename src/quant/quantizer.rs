@@ -91,6 +91,21 @@ impl Quantizer {
         })
     }
 
+    /// The quantized weight of a weighted layer.
+    pub fn weight(&self, layer: &str) -> Option<&QuantWeight> {
+        self.weights.get(layer)
+    }
+
+    /// Replaces a layer's integer weights (same shape and scales), e.g.
+    /// with learned rounding.
+    pub fn set_weight_values(&mut self, layer: &str, values: Vec<i32>) {
+        if let Some(w) = self.weights.get_mut(layer) {
+            if w.values.len() == values.len() {
+                w.values = values;
+            }
+        }
+    }
+
     /// After calibration: the bias shifts of layers with bias correction.
     pub fn finish_calibration(&mut self) {
         for layer in &self.full.layers {

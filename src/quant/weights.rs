@@ -170,6 +170,8 @@ mod tests {
             bits,
             per_channel,
             bias_correction: false,
+            rounding: crate::recipe::Rounding::Nearest,
+            adaround: Default::default(),
         }
     }
 

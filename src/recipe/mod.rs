@@ -21,8 +21,9 @@ use std::path::{Path, PathBuf};
 pub use error::{Origin, RecipeError};
 pub use overrides::parse_override;
 pub use quantize::{
-    ActivationAlgo, ActivationConfig, ActivationType, EqualizeConfig, EqualizeMethod, LayerConfig,
-    QuantizeParams, RollbackConfig, RollbackMetric, WeightAlgo, WeightConfig, DEFAULT_OPS,
+    ActivationAlgo, ActivationConfig, ActivationType, AdaRoundConfig, EqualizeConfig,
+    EqualizeMethod, LayerConfig, QuantizeParams, RollbackConfig, RollbackMetric, Rounding,
+    WeightAlgo, WeightConfig, DEFAULT_OPS,
 };
 pub use schema::{ModelSection, RecipeMeta};
 pub use source::RecipeSource;

@@ -83,6 +83,56 @@ pub struct WeightConfig {
     /// Adds the expected output shift caused by weight rounding back to the bias.
     #[serde(default)]
     pub bias_correction: bool,
+    /// `nearest`, or `adaround`: each weight rounded up or down as learned
+    /// on the calibration batches to reproduce the layer's float output.
+    #[serde(default = "default_rounding")]
+    pub rounding: Rounding,
+    #[serde(default)]
+    pub adaround: AdaRoundConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rounding {
+    Nearest,
+    Adaround,
+}
+
+/// AdaRound's optimisation settings (AMCT's names in brackets).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaRoundConfig {
+    /// Optimisation steps per layer (num_iteration).
+    #[serde(default = "default_ada_iterations")]
+    pub iterations: usize,
+    /// Weight of the rounding regulariser (reg_param).
+    #[serde(default = "default_ada_reg")]
+    pub reg: f64,
+    /// Annealing of the regulariser's exponent, start and end (beta_range).
+    #[serde(default = "default_ada_beta")]
+    pub beta: [f64; 2],
+    /// Fraction of the steps before the regulariser starts (warm_start).
+    #[serde(default = "default_ada_warm")]
+    pub warm_start: f64,
+    /// Adam learning rate.
+    #[serde(default = "default_ada_lr")]
+    pub lr: f64,
+    /// Calibration batches whose layer inputs are kept for the optimisation.
+    #[serde(default = "default_ada_batches")]
+    pub batches: usize,
+}
+
+impl Default for AdaRoundConfig {
+    fn default() -> Self {
+        AdaRoundConfig {
+            iterations: default_ada_iterations(),
+            reg: default_ada_reg(),
+            beta: default_ada_beta(),
+            warm_start: default_ada_warm(),
+            lr: default_ada_lr(),
+            batches: default_ada_batches(),
+        }
+    }
 }
 
 /// Settings of one layer (or one op type) that differ from the stage's.
@@ -327,6 +377,19 @@ fn check_layer(
             format!("weight `bits` must be 4 to 8, got {}", w.bits),
         ));
     }
+    let ada = &w.adaround;
+    if ada.iterations == 0 || ada.batches == 0 {
+        return Err(source.error(
+            &at("weight", "adaround"),
+            "adaround `iterations` and `batches` must be at least 1",
+        ));
+    }
+    if !(0.0..1.0).contains(&ada.warm_start) || ada.lr <= 0.0 || ada.reg < 0.0 {
+        return Err(source.error(
+            &at("weight", "adaround"),
+            "adaround needs 0 <= warm_start < 1, lr > 0 and reg >= 0",
+        ));
+    }
     let a = &config.activation;
     if !(a.percentile > 50.0 && a.percentile <= 100.0) {
         return Err(source.error(
@@ -394,4 +457,25 @@ fn default_search_step() -> f64 {
 }
 fn default_alpha() -> f64 {
     0.5
+}
+fn default_rounding() -> Rounding {
+    Rounding::Nearest
+}
+fn default_ada_iterations() -> usize {
+    500
+}
+fn default_ada_reg() -> f64 {
+    0.01
+}
+fn default_ada_beta() -> [f64; 2] {
+    [20.0, 2.0]
+}
+fn default_ada_warm() -> f64 {
+    0.2
+}
+fn default_ada_lr() -> f64 {
+    1e-2
+}
+fn default_ada_batches() -> usize {
+    1
 }

@@ -111,7 +111,7 @@ fn default_latency_iters() -> usize {
 #[serde(untagged)]
 pub enum StageParams {
     Fuse(FuseParams),
-    Quantize(QuantizeParams),
+    Quantize(Box<QuantizeParams>),
     Eval(EvalParams),
 }
 
@@ -204,9 +204,9 @@ pub fn parse_stage(
     let value = toml::Value::Table(params.clone());
     let params = match kind {
         StageKind::Fuse => StageParams::Fuse(deserialize_at(source, &path, value)?),
-        StageKind::Quantize => {
-            StageParams::Quantize(super::quantize::parse_quantize(source, name, params)?)
-        }
+        StageKind::Quantize => StageParams::Quantize(Box::new(super::quantize::parse_quantize(
+            source, name, params,
+        )?)),
         _ => StageParams::Eval(deserialize_at(source, &path, value)?),
     };
     if let StageParams::Eval(e) = &params {

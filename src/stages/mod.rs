@@ -1,6 +1,7 @@
 //! Stage kinds: one file per kind. A stage reads the models it references
 //! (already loaded) and its data set, and returns a model and/or metrics.
 
+mod adaround;
 mod eval;
 mod feed;
 mod fuse;

@@ -62,6 +62,7 @@ pub fn run(ctx: &StageContext, params: &QuantizeParams) -> Result<StageOutput, S
     }
     bar.finish_and_clear();
     drop(exec);
+    let adaround = super::adaround::run(ctx, &mut q, data)?;
     q.finish_calibration();
     let calibration_seconds = t0.elapsed().as_secs_f64();
 
@@ -92,6 +93,7 @@ pub fn run(ctx: &StageContext, params: &QuantizeParams) -> Result<StageOutput, S
         "float_nodes": fake.plan.skipped.len(),
         "calibration_batches": q.calibrator.batches,
         "equalized": equalized,
+        "adaround": adaround,
         "calibration_seconds": calibration_seconds,
         "deploy_size_bytes": size_of(&deploy.model),
         "rollback": rollback_json.unwrap_or(Json::Null),
