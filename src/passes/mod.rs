@@ -19,6 +19,7 @@ mod fold_batch_norm;
 mod fold_constants;
 mod pipeline;
 mod remove_identity;
+mod upgrade_opset;
 mod util;
 
 #[cfg(test)]
@@ -33,6 +34,7 @@ pub use fold_batch_norm::fold_batch_norm;
 pub use fold_constants::fold_constants;
 pub use pipeline::{fuse_pipeline, FuseOptions, FuseReport, PassCount};
 pub use remove_identity::remove_identity;
+pub use upgrade_opset::{upgrade_opset, TARGET_OPSET};
 pub(crate) use util::{tidy, NameGen};
 
 /// What a pass returns: the rewritten model and the number of rewrites made.

@@ -21,7 +21,7 @@ use crate::recipe::{EqualizeMethod, QuantizeParams, MODEL};
 pub fn run(ctx: &StageContext, params: &QuantizeParams) -> Result<StageOutput, StageError> {
     let input = ctx.spec.input.as_deref().unwrap_or(MODEL);
     let mut float = ctx.model(input)?.clone();
-    check_opset(&float, params)?;
+    check_opset(&mut float, params)?;
     let data = ctx.data.ok_or_else(|| {
         StageError::Invalid("a quantize stage needs `data` (the calibration set)".into())
     })?;
@@ -115,17 +115,24 @@ fn size_of(model: &Model) -> usize {
     crate::onnx::model_to_proto(model).encoded_len()
 }
 
-/// QuantizeLinear needs opset 10, and opset 13 for per-channel scales.
-fn check_opset(model: &Model, params: &QuantizeParams) -> Result<(), StageError> {
+/// QuantizeLinear needs opset 10, and opset 13 for per-channel scales:
+/// older models are upgraded to opset 13 when per-channel weights are asked for.
+fn check_opset(model: &mut Model, params: &QuantizeParams) -> Result<(), StageError> {
     let opset = model.onnx_opset();
     let per_channel = std::iter::once(&params.default)
         .chain(params.types.values())
         .chain(params.layers.values())
         .any(|c| c.weight.per_channel);
-    if opset < 10 || (per_channel && opset < 13) {
+    if per_channel && opset < crate::passes::TARGET_OPSET {
+        let changed = crate::passes::upgrade_opset(model)?;
+        tracing::info!(
+            from = opset,
+            changed,
+            "upgraded the model to opset 13 for per-channel weights"
+        );
+    } else if opset < 10 {
         return Err(StageError::Invalid(format!(
-            "the model uses ONNX opset {opset}; quantization needs opset 13 for per-channel weights \
-             (opset 10 with `weight.per_channel = false`): convert the model to a newer opset first"
+            "the model uses ONNX opset {opset}; QuantizeLinear needs opset 10 or newer"
         )));
     }
     Ok(())

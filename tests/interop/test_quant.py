@@ -247,3 +247,25 @@ def test_equalization_runs_and_keeps_accuracy(name, method, tmp_path):
     cos = float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
     print(f"{name} {method}: cosine with float {cos:.5f}")
     assert cos > 0.99
+
+
+def test_opset9_model_is_upgraded_for_per_channel_weights(tmp_path):
+    """light_squeezenet is opset 9 with IR 3 (weights listed as inputs):
+    quantize upgrades it to opset 13 and the result runs as integer kernels."""
+    name = "light_squeezenet"
+    feeds = load_npz(fixture_dir(name) / "in_b1.npz")
+    (x,) = feeds.values()
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=np.concatenate([x, x[:, ::-1].copy()]).astype(np.float32))
+    recipe = write_recipe(tmp_path / "q.toml", model_path(name), data, batch_size=1)
+    out = tmp_path / "out"
+    run_amct("run", recipe, "--out", out, "--cache", tmp_path / "cache")
+    path = out / "quantize" / "deploy.onnx"
+    m = onnx.load(str(path))
+    assert [o.version for o in m.opset_import if o.domain in ("", "ai.onnx")] == [13]
+    onnx.checker.check_model(str(path), full_check=True)
+    got = ort_run(path, feeds)
+    ref = ort_run(model_path(name), feeds)
+    assert sorted(got) == sorted(ref)
+    ops = optimized_ops(path, tmp_path)
+    assert ops["QLinearConv"] == 26 and not {op for op in ops if op in FLOAT_KERNELS}, ops
