@@ -13,6 +13,7 @@ use candle_core::{DType as CDType, Tensor};
 use prost::Message;
 use serde_json::{json, Map, Value as Json};
 
+use super::feed::first_output;
 use super::{StageContext, StageError, StageOutput};
 use crate::data::{open_dataset, BatchOptions, Batches};
 use crate::exec::{ExecOptions, Executor, Value};
@@ -82,56 +83,6 @@ fn static_metrics(model: &Model) -> Map<String, Json> {
         m.insert("macs".into(), json!(report.macs));
     }
     m
-}
-
-/// The single graph input name, or an error naming the inputs.
-fn input_name(model: &Model) -> Result<String, StageError> {
-    match model.graph.inputs.as_slice() {
-        [one] => Ok(one.name.clone()),
-        many => Err(StageError::Invalid(format!(
-            "eval feeds one data set to a model with {} inputs ({})",
-            many.len(),
-            many.iter()
-                .map(|i| i.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-    }
-}
-
-fn first_output(exec: &Executor, model: &Model, x: &Tensor) -> Result<Tensor, StageError> {
-    check_input_shape(model, x.dims())?;
-    let feeds = HashMap::from([(input_name(model)?, Value::new(x.clone(), DType::F32))]);
-    let outs = exec.run(&feeds)?;
-    let y = outs
-        .into_iter()
-        .next()
-        .ok_or_else(|| StageError::Invalid("the model has no output".into()))?;
-    Ok(y.tensor.to_dtype(CDType::F32)?.flatten_from(1)?)
-}
-
-/// A batch must match the model input's rank and known dimensions.
-fn check_input_shape(model: &Model, dims: &[usize]) -> Result<(), StageError> {
-    let Some(input) = model.graph.inputs.first() else {
-        return Ok(());
-    };
-    let Some(shape) = &input.shape else {
-        return Ok(());
-    };
-    let fits = shape.len() == dims.len()
-        && shape
-            .iter()
-            .zip(dims)
-            .skip(1)
-            .all(|(d, &n)| !matches!(d, Dim::Known(k) if *k != n as i64));
-    if fits {
-        return Ok(());
-    }
-    Err(StageError::Invalid(format!(
-        "data batches have shape {dims:?} but model input '{}' expects {}",
-        input.name,
-        crate::graph::shape_string(shape)
-    )))
 }
 
 fn over_data(
