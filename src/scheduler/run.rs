@@ -58,7 +58,8 @@ impl RunError {
 pub struct RunOptions {
     pub out_dir: PathBuf,
     pub cache_root: PathBuf,
-    /// Compute every stage, ignoring (and not writing) cache entries.
+    /// Compute every stage, ignoring cache entries (the results are still
+    /// committed: the outputs link to them).
     pub no_cache: bool,
     /// Stages recomputed even when cached.
     pub force: Vec<String>,
