@@ -142,6 +142,15 @@ fn rerun_hits_cache_and_a_changed_last_stage_reruns_alone() {
         ["fuse"],
         "--force recomputes the stage; eval's key is unchanged"
     );
+    // The recomputed result replaces the cache entry (the output is a link
+    // to it): its files are newer than the first run's.
+    let modified = |run: &str| {
+        std::fs::metadata(dir.join(run).join("fuse").join("result.json"))
+            .and_then(|m| m.modified())
+            .expect("result.json")
+    };
+    assert!(modified("d") > modified("a"), "--force kept the old entry");
+    entries_complete(&dir.join("cache"));
 }
 
 fn entries_complete(cache: &Path) {

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use candle_core::DType as CDType;
+use candle_core::{DType as CDType, Storage, Tensor};
 
 use super::observer::Observer;
 use crate::exec::{ExecError, Executor, Value};
@@ -43,8 +43,7 @@ impl Calibrator {
         let outs = exec.run_observed(feeds, &mut |name, value| {
             if let Some(obs) = observers.get_mut(name) {
                 if value.dtype.is_float() {
-                    let flat = value.tensor.flatten_all()?.to_dtype(CDType::F32)?;
-                    obs.observe(&flat.to_vec1::<f32>()?, value.dims());
+                    with_f32_slice(&value.tensor, |values| obs.observe(values, value.dims()))?;
                 }
             }
             Ok(())
@@ -52,4 +51,19 @@ impl Calibrator {
         self.batches += 1;
         Ok(outs)
     }
+}
+
+/// Calls `f` with the tensor's values as one f32 slice: borrowed from a
+/// contiguous f32 CPU tensor, copied otherwise.
+fn with_f32_slice(t: &Tensor, f: impl FnOnce(&[f32])) -> candle_core::Result<()> {
+    if t.dtype() == CDType::F32 {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+            f(&cpu.as_slice::<f32>()?[start..end]);
+            return Ok(());
+        }
+    }
+    let flat = t.flatten_all()?.to_dtype(CDType::F32)?.to_vec1::<f32>()?;
+    f(&flat);
+    Ok(())
 }

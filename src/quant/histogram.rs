@@ -68,6 +68,20 @@ impl Histogram {
         }
     }
 
+    /// Adds the magnitudes |v| of values whose largest magnitude is `amax`.
+    pub fn add_magnitudes(&mut self, values: &[f32], amax: f32) {
+        if values.is_empty() || !amax.is_finite() {
+            return;
+        }
+        self.cover(0.0, amax as f64);
+        let n = self.counts.len();
+        let inv = 1.0 / self.width;
+        for &v in values {
+            let i = ((v.abs() as f64 - self.lo) * inv) as isize;
+            self.counts[i.clamp(0, n as isize - 1) as usize] += 1.0;
+        }
+    }
+
     /// Widens the range (by whole multiples of the bin width) to include `[min, max]`.
     fn cover(&mut self, min: f64, max: f64) {
         let n = self.counts.len();

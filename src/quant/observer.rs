@@ -41,8 +41,7 @@ impl Observer {
         self.min = self.min.min(lo);
         self.max = self.max.max(hi);
         self.signed.add(values, lo, hi);
-        let magnitudes: Vec<f32> = values.iter().map(|v| v.abs()).collect();
-        self.magnitude.add(&magnitudes, 0.0, amax);
+        self.magnitude.add_magnitudes(values, amax);
         if let Some((sums, count)) = &mut self.channel_sums {
             if dims.len() >= 2 {
                 let c = dims[1];

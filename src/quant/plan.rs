@@ -131,8 +131,12 @@ pub fn plan(model: &Model, params: &QuantizeParams, extra_skips: &BTreeSet<Strin
         for t in &act_inputs {
             wants.push((t.to_string(), config.clone()));
         }
+        // A graph output stays float: integer kernels write float outputs
+        // directly, and the model's result keeps its precision.
         let out = folded_output(g, &consumers, i);
-        wants.push((out, config.clone()));
+        if !g.outputs.iter().any(|o| o.name == out) {
+            wants.push((out, config.clone()));
+        }
         if let Some((w, b, axis)) = weighted {
             plan.layers.push(WeightLayer {
                 node: i,

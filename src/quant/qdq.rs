@@ -95,49 +95,37 @@ pub fn write_qdq(
             let b_name = node_inputs[b].clone();
             let x = act_of(&layer.activation)?;
             let bias = quantize_bias(&m, &b_name, x.params.scale, qw)?;
-            let new_input = match form {
-                QdqForm::FakeQuant => {
-                    let name = names.fresh(&format!("{b_name}_fake_quantized"));
-                    let values: Vec<f32> = bias
-                        .values
-                        .iter()
-                        .enumerate()
-                        .map(|(i, &q)| q as f32 * bias.scales[i % bias.scales.len()])
-                        .collect();
-                    let t = Tensor::from_f32(&name, vec![values.len() as i64], &values)?;
-                    m.graph.initializers.insert(name.clone(), t);
-                    name
-                }
-                QdqForm::Deploy => {
-                    let q_name = names.fresh(&format!("{b_name}_quantized"));
-                    let n = bias.values.len() as i64;
-                    let bytes = bias.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                    m.graph.initializers.insert(
-                        q_name.clone(),
-                        Tensor::from_raw(&q_name, DType::I32, vec![n], bytes)?,
-                    );
-                    let per_channel = bias.scales.len() > 1;
-                    let s = scale_tensor(&mut names, &b_name, &bias.scales, per_channel)?;
-                    let zp_name = names.fresh(&format!("{b_name}_zero_point"));
-                    let zeros = vec![0u8; 4 * bias.scales.len()];
-                    let zp_dims = if per_channel {
-                        vec![bias.scales.len() as i64]
-                    } else {
-                        vec![]
-                    };
-                    let zp = Tensor::from_raw(&zp_name, DType::I32, zp_dims, zeros)?;
-                    let out = names.fresh(&format!("{b_name}_dequantized"));
-                    new_nodes.push(qdq_node(
-                        &mut names,
-                        "DequantizeLinear",
-                        [&q_name, &s.name, &zp.name],
-                        &out,
-                        per_channel.then_some(0),
-                    ));
-                    m.graph.initializers.insert(s.name.clone(), s);
-                    m.graph.initializers.insert(zp.name.clone(), zp);
-                    out
-                }
+            // The bias is int32 behind DequantizeLinear in both forms: that
+            // is what lets onnxruntime fuse a layer with a float output.
+            let new_input = {
+                let q_name = names.fresh(&format!("{b_name}_quantized"));
+                let n = bias.values.len() as i64;
+                let bytes = bias.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                m.graph.initializers.insert(
+                    q_name.clone(),
+                    Tensor::from_raw(&q_name, DType::I32, vec![n], bytes)?,
+                );
+                let per_channel = bias.scales.len() > 1;
+                let s = scale_tensor(&mut names, &b_name, &bias.scales, per_channel)?;
+                let zp_name = names.fresh(&format!("{b_name}_zero_point"));
+                let zeros = vec![0u8; 4 * bias.scales.len()];
+                let zp_dims = if per_channel {
+                    vec![bias.scales.len() as i64]
+                } else {
+                    vec![]
+                };
+                let zp = Tensor::from_raw(&zp_name, DType::I32, zp_dims, zeros)?;
+                let out = names.fresh(&format!("{b_name}_dequantized"));
+                new_nodes.push(qdq_node(
+                    &mut names,
+                    "DequantizeLinear",
+                    [&q_name, &s.name, &zp.name],
+                    &out,
+                    per_channel.then_some(0),
+                ));
+                m.graph.initializers.insert(s.name.clone(), s);
+                m.graph.initializers.insert(zp.name.clone(), zp);
+                out
             };
             m.graph.nodes[layer.node].inputs[b] = new_input;
         }

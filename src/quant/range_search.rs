@@ -176,6 +176,9 @@ fn shrink_search(h: &Histogram, steps: usize) -> (f64, f64) {
     range(a, b)
 }
 
+/// The largest fraction of values the entropy search may clip.
+const ENTROPY_MAX_CLIPPED: f64 = 1e-3;
+
 /// TensorRT-style entropy calibration on a magnitude histogram: the
 /// threshold whose `levels`-level quantized distribution has the least KL
 /// divergence from the clipped reference distribution.
@@ -185,6 +188,12 @@ pub fn kl_threshold(h: &Histogram, levels: usize) -> f64 {
     if n <= levels {
         return h.hi();
     }
+    // Thresholds that clip more than ENTROPY_MAX_CLIPPED of the values are
+    // not candidates: on spiky distributions (a normalised image's
+    // background) the KL minimum otherwise sits right after the spike and
+    // clips the informative tail away.
+    let floor_bin = ((h.quantile(1.0 - ENTROPY_MAX_CLIPPED) - h.lo()) / h.bin_width()).ceil();
+    let first = (floor_bin.max(0.0) as usize).clamp(levels, n);
     let total_from: Vec<f64> = {
         let mut t = vec![0.0; n + 1];
         for i in (0..n).rev() {
@@ -195,7 +204,7 @@ pub fn kl_threshold(h: &Histogram, levels: usize) -> f64 {
     let mut best = (f64::INFINITY, n);
     let mut p = vec![0.0; n];
     let mut q = vec![0.0; n];
-    for i in levels..=n {
+    for i in first..=n {
         p[..i].copy_from_slice(&counts[..i]);
         p[i - 1] += total_from[i];
         // Merge the first i bins into `levels` groups, spread over their nonzero bins.

@@ -107,7 +107,9 @@ impl Cache {
     }
 
     /// Marks `staging` complete and moves it into place as entry `key`.
-    pub fn commit(&self, key: &str, staging: &Path) -> Result<PathBuf, CacheError> {
+    /// With `replace`, a complete entry already there (a forced recompute)
+    /// is swapped out for the new one; otherwise the first complete one wins.
+    pub fn commit(&self, key: &str, staging: &Path, replace: bool) -> Result<PathBuf, CacheError> {
         let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
         if *closed {
             return Err(CacheError::Closed);
@@ -119,11 +121,19 @@ impl Cache {
         let dest = self.root.join("entries").join(key);
         if dest.exists() {
             // Another run finished first (or an incomplete leftover): keep a complete one.
-            if dest.join(".complete").is_file() {
+            if dest.join(".complete").is_file() && !replace {
                 fs::remove_dir_all(staging).map_err(io(staging))?;
                 return Ok(dest);
             }
-            fs::remove_dir_all(&dest).map_err(io(&dest))?;
+            // Move the old entry aside first so `dest` is never half there.
+            let old = self
+                .root
+                .join("tmp")
+                .join(format!("{key}.replaced.{}", std::process::id()));
+            fs::rename(&dest, &old).map_err(io(&dest))?;
+            fs::rename(staging, &dest).map_err(io(&dest))?;
+            fs::remove_dir_all(&old).map_err(io(&old))?;
+            return Ok(dest);
         }
         fs::rename(staging, &dest).map_err(io(&dest))?;
         Ok(dest)

@@ -553,7 +553,7 @@ fn run_one(
             spinner.finish_and_clear();
             let out = out?;
             let staging = cache.staging_dir(&key).map_err(|e| e.to_string())?;
-            let dir = match write_entry(cache, &key, &staging, &out) {
+            let dir = match write_entry(cache, &key, &staging, &out, forced) {
                 Ok(dir) => dir,
                 Err(e) => {
                     cache.discard(&staging);
@@ -584,12 +584,14 @@ fn run_one(
     ))
 }
 
-/// Writes a computed stage's files into `staging` and commits it as entry `key`.
+/// Writes a computed stage's files into `staging` and commits it as entry
+/// `key` (replacing a complete entry when the stage was forced).
 fn write_entry(
     cache: &Cache,
     key: &str,
     staging: &Path,
     out: &crate::stages::StageOutput,
+    replace: bool,
 ) -> Result<PathBuf, String> {
     if let Some(model) = &out.model {
         save_model(
@@ -598,6 +600,12 @@ fn write_entry(
             &ExportOptions::default(),
         )
         .map_err(|e| e.to_string())?;
+    }
+    for alias in &out.aliases {
+        let (from, to) = (staging.join("model.onnx"), staging.join(alias));
+        std::fs::hard_link(&from, &to)
+            .or_else(|_| std::fs::copy(&from, &to).map(|_| ()))
+            .map_err(|e| format!("writing '{}': {e}", to.display()))?;
     }
     for (name, model) in &out.extra_models {
         save_model(model, &staging.join(name), &ExportOptions::default())
@@ -609,7 +617,9 @@ fn write_entry(
     let summary = serde_json::json!({ "metrics": out.metrics, "model": out.model.as_ref().map(model_summary) });
     let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
     std::fs::write(staging.join("result.json"), text).map_err(|e| e.to_string())?;
-    cache.commit(key, staging).map_err(|e| e.to_string())
+    cache
+        .commit(key, staging, replace)
+        .map_err(|e| e.to_string())
 }
 
 /// A referenced model, read from its file on first use (the source model

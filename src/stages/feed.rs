@@ -71,3 +71,17 @@ fn flat_first(outs: Vec<Value>) -> Result<Tensor, StageError> {
         .ok_or_else(|| StageError::Invalid("the model has no output".into()))?;
     Ok(y.tensor.to_dtype(CDType::F32)?.flatten_from(1)?)
 }
+
+/// Samples per forward pass in statistics passes (calibration): activation
+/// memory grows with it, per-sample speed hardly does.
+pub const STATISTICS_CHUNK: usize = 4;
+
+/// `x` split along its first axis into pieces of at most `max` samples.
+pub fn sample_chunks(x: &Tensor, max: usize) -> Result<Vec<Tensor>, StageError> {
+    let n = x.dim(0)?;
+    let max = max.max(1);
+    Ok((0..n)
+        .step_by(max)
+        .map(|start| x.narrow(0, start, max.min(n - start)))
+        .collect::<candle_core::Result<_>>()?)
+}

@@ -42,7 +42,9 @@ impl StageContext<'_> {
 /// A stage's results.
 pub struct StageOutput {
     pub model: Option<Model>,
-    /// Further models saved next to `model.onnx` (e.g. `fake_quant.onnx`).
+    /// Further names for `model.onnx` (linked, not written twice).
+    pub aliases: Vec<String>,
+    /// Further models saved next to `model.onnx` (e.g. `deploy.onnx`).
     pub extra_models: Vec<(String, Model)>,
     /// Further files saved next to `model.onnx` (e.g. `quant_record.json`).
     pub files: Vec<(String, Vec<u8>)>,
@@ -54,6 +56,7 @@ impl StageOutput {
     pub fn new(model: Option<Model>, metrics: serde_json::Value) -> Self {
         StageOutput {
             model,
+            aliases: Vec::new(),
             extra_models: Vec::new(),
             files: Vec::new(),
             metrics,

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value as Json};
 
-use super::feed::batch_feeds;
+use super::feed::{batch_feeds, sample_chunks, STATISTICS_CHUNK};
 use super::{StageContext, StageError, StageOutput};
 use crate::data::{open_dataset, BatchOptions, Batches};
 use crate::exec::{ExecOptions, Executor};
@@ -56,8 +56,10 @@ pub fn run(ctx: &StageContext, params: &QuantizeParams) -> Result<StageOutput, S
     );
     for batch in batches.take(total) {
         let batch = batch?;
-        let feeds = batch_feeds(&q.float, &batch.x)?;
-        q.calibrator.observe_batch(&exec, &feeds)?;
+        for x in sample_chunks(&batch.x, STATISTICS_CHUNK)? {
+            q.calibrator
+                .observe_batch(&exec, &batch_feeds(&q.float, &x)?)?;
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -91,16 +93,15 @@ pub fn run(ctx: &StageContext, params: &QuantizeParams) -> Result<StageOutput, S
         "quantized_nodes": fake.plan.quantized_nodes.len(),
         "quantized_tensors": fake.plan.activations.len(),
         "float_nodes": fake.plan.skipped.len(),
-        "calibration_batches": q.calibrator.batches,
+        "calibration_batches": total,
         "equalized": equalized,
         "adaround": adaround,
         "calibration_seconds": calibration_seconds,
         "deploy_size_bytes": size_of(&deploy.model),
         "rollback": rollback_json.unwrap_or(Json::Null),
     });
-    let mut out = StageOutput::new(Some(fake.model.clone()), metrics);
-    out.extra_models
-        .push(("fake_quant.onnx".into(), fake.model));
+    let mut out = StageOutput::new(Some(fake.model), metrics);
+    out.aliases.push("fake_quant.onnx".into());
     out.extra_models.push(("deploy.onnx".into(), deploy.model));
     out.files.push(("quant_record.json".into(), record_bytes));
     Ok(out)

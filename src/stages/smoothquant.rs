@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use candle_core::DType as CDType;
 
-use super::feed::batch_feeds;
+use super::feed::{batch_feeds, sample_chunks, STATISTICS_CHUNK};
 use super::{StageContext, StageError};
 use crate::data::{open_dataset, BatchOptions, Batches, DataConfig};
 use crate::exec::{ExecOptions, Executor};
@@ -46,26 +46,28 @@ pub fn run(
     let mut maxima: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     for batch in all.take(total) {
         let batch = batch?;
-        exec.run_observed(&batch_feeds(model, &batch.x)?, &mut |name, value| {
-            if !wanted.iter().any(|w| w == name) || value.rank() == 0 {
-                return Ok(());
-            }
-            let k = value.dims()[value.rank() - 1];
-            let m = value
-                .tensor
-                .to_dtype(CDType::F32)?
-                .abs()?
-                .reshape(((), k))?
-                .max(0)?
-                .to_vec1::<f32>()?;
-            let entry = maxima
-                .entry(name.to_string())
-                .or_insert_with(|| vec![0.0; k]);
-            for (a, b) in entry.iter_mut().zip(m) {
-                *a = a.max(b);
-            }
-            Ok(())
-        })?;
+        for x in sample_chunks(&batch.x, STATISTICS_CHUNK)? {
+            exec.run_observed(&batch_feeds(model, &x)?, &mut |name, value| {
+                if !wanted.iter().any(|w| w == name) || value.rank() == 0 {
+                    return Ok(());
+                }
+                let k = value.dims()[value.rank() - 1];
+                let m = value
+                    .tensor
+                    .to_dtype(CDType::F32)?
+                    .abs()?
+                    .reshape(((), k))?
+                    .max(0)?
+                    .to_vec1::<f32>()?;
+                let entry = maxima
+                    .entry(name.to_string())
+                    .or_insert_with(|| vec![0.0; k]);
+                for (a, b) in entry.iter_mut().zip(m) {
+                    *a = a.max(b);
+                }
+                Ok(())
+            })?;
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();
