@@ -3,7 +3,8 @@
 //! (all, or all but the rolled-back ones) built into fake-quant and deploy
 //! models from the same statistics.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
 
 use super::calibrate::{Calibrator, Watch};
 use super::plan::{plan, QuantPlan, WeightLayer};
@@ -12,7 +13,7 @@ use super::qparams::{IntGrid, QParams};
 use super::range_search::choose_range;
 use super::weights::{bias_shift, quantize_weight, QuantWeight};
 use crate::graph::{GraphError, Model, Tensor};
-use crate::recipe::{ActivationType, QuantizeParams};
+use crate::recipe::{ActivationConfig, ActivationType, QuantizeParams};
 
 /// A model prepared for quantization.
 pub struct Quantizer {
@@ -25,6 +26,8 @@ pub struct Quantizer {
     pub calibrator: Calibrator,
     /// Bias shifts from bias correction, by node name (after calibration).
     shifts: BTreeMap<String, Vec<f64>>,
+    /// Searched activation ranges by (tensor, settings).
+    ranges: Mutex<HashMap<(String, String), (f64, f64)>>,
 }
 
 /// The models and parameters of one build.
@@ -88,6 +91,7 @@ impl Quantizer {
             full,
             weights,
             shifts: BTreeMap::new(),
+            ranges: Mutex::new(HashMap::new()),
         })
     }
 
@@ -180,7 +184,7 @@ impl Quantizer {
                 })?;
             let cfg = &plan.activations.get(rep).unwrap_or(config).activation;
             let grid = grid_of(cfg.dtype);
-            let (lo, hi) = choose_range(obs, cfg, grid);
+            let (lo, hi) = self.range_of(rep, obs, cfg, grid);
             let params = QParams::from_range(lo, hi, grid, cfg.symmetric);
             acts.insert(rep.to_string(), ActQuant { params, grid });
             ranges.insert(rep.to_string(), (lo, hi));
@@ -193,6 +197,24 @@ impl Quantizer {
             acts,
             ranges,
         })
+    }
+}
+
+impl Quantizer {
+    /// The searched range of a tensor under `cfg`, computed once per
+    /// (tensor, settings): rollback builds many models from the same statistics.
+    fn range_of(
+        &self,
+        tensor: &str,
+        obs: &super::observer::Observer,
+        cfg: &ActivationConfig,
+        grid: IntGrid,
+    ) -> (f64, f64) {
+        let key = (tensor.to_string(), format!("{cfg:?}"));
+        let mut memo = self.ranges.lock().unwrap_or_else(|e| e.into_inner());
+        *memo
+            .entry(key)
+            .or_insert_with(|| choose_range(obs, cfg, grid))
     }
 }
 

@@ -26,6 +26,12 @@ pub fn run(ctx: &StageContext, params: &QuantizeParams) -> Result<StageOutput, S
         StageError::Invalid("a quantize stage needs `data` (the calibration set)".into())
     })?;
     let t0 = Instant::now();
+    let mut phases = serde_json::Map::new();
+    let mut lap = |name: &str, since: &mut Instant| {
+        phases.insert(name.to_string(), json!(since.elapsed().as_secs_f64()));
+        *since = Instant::now();
+    };
+    let mut since = Instant::now();
     let equalized = match &params.equalize {
         Some(eq) if eq.method == EqualizeMethod::Cle => cross_layer_equalize(&mut float, 4),
         Some(eq) => super::smoothquant::run(ctx, &mut float, eq.alpha, data, params.batches)?,
@@ -39,6 +45,7 @@ pub fn run(ctx: &StageContext, params: &QuantizeParams) -> Result<StageOutput, S
             ..ExecOptions::default()
         },
     )?;
+    lap("prepare", &mut since);
     let ds = open_dataset(data)?;
     let batches = Batches::new(
         ds.as_ref(),
@@ -64,20 +71,24 @@ pub fn run(ctx: &StageContext, params: &QuantizeParams) -> Result<StageOutput, S
     }
     bar.finish_and_clear();
     drop(exec);
+    lap("calibrate", &mut since);
     let adaround = super::adaround::run(ctx, &mut q, data)?;
     q.finish_calibration();
+    lap("adaround", &mut since);
     let calibration_seconds = t0.elapsed().as_secs_f64();
 
     let rollback = match &params.rollback {
         Some(rb) => Some(super::quantize_rollback::run(ctx, &q, rb, data)?),
         None => None,
     };
+    lap("rollback", &mut since);
     let skips: BTreeSet<String> = rollback
         .as_ref()
         .map(|r| r.float_layers.iter().cloned().collect())
         .unwrap_or_default();
     let fake = q.build(&skips, QdqForm::FakeQuant).map_err(graph)?;
     let deploy = q.build(&skips, QdqForm::Deploy).map_err(graph)?;
+    lap("build", &mut since);
     let rollback_json = rollback.as_ref().map(|r| r.to_json());
     let record = quant_record(
         &fake.plan,
@@ -97,6 +108,7 @@ pub fn run(ctx: &StageContext, params: &QuantizeParams) -> Result<StageOutput, S
         "equalized": equalized,
         "adaround": adaround,
         "calibration_seconds": calibration_seconds,
+        "phase_seconds": phases,
         "deploy_size_bytes": size_of(&deploy.model),
         "rollback": rollback_json.unwrap_or(Json::Null),
     });
