@@ -184,6 +184,80 @@ fn conv_family() {
     check("conv1d same_upper", &model, 0.0, 3);
 }
 
+/// Depthwise convs (group == C_in), which run through amct's CPU kernel
+/// (`exec::kernels::depthwise`) rather than candle's per-group conv2d.
+#[test]
+fn depthwise_conv_family() {
+    let mut rng = Rng::new(17);
+    // (label, C_in, channel multiplier, kernel, attributes)
+    let cases: Vec<(&str, i64, i64, i64, Attrs)> = vec![
+        ("dw 3x3 p1", 3, 1, 3, vec![("pads", vec![1, 1, 1, 1])]),
+        (
+            "dw 3x3 s2 same",
+            3,
+            1,
+            3,
+            vec![("strides", vec![2, 2]), ("pads", vec![0, 0, 1, 1])],
+        ),
+        (
+            "dw 5x5 s2 asymmetric",
+            2,
+            1,
+            5,
+            vec![("strides", vec![2, 2]), ("pads", vec![1, 2, 2, 1])],
+        ),
+        (
+            "dw multiplier 2 dilation 2",
+            2,
+            2,
+            3,
+            vec![("dilations", vec![2, 2]), ("pads", vec![2, 1, 0, 2])],
+        ),
+        (
+            "dw uneven strides",
+            3,
+            1,
+            3,
+            vec![("strides", vec![1, 2]), ("pads", vec![1, 0, 1, 1])],
+        ),
+    ];
+    for (label, cin, mult, k, attrs) in cases {
+        let w = random_init(&mut rng, "w", &[cin * mult, 1, k, k], 0.0);
+        let b = random_init(&mut rng, "b", &[cin * mult], 0.0);
+        let model = single_op_model(
+            "Conv",
+            &[("x", &[2, cin, 9, 8])],
+            vec![w, b],
+            &["x", "w", "b"],
+            1,
+            17,
+            |n| {
+                n.set_int("group", cin);
+                for (k, v) in &attrs {
+                    n.set_ints(k, v);
+                }
+            },
+        );
+        check(label, &model, 0.0, 5);
+    }
+    // 1-D depthwise, multiplier 2, SAME_LOWER, stride 2.
+    let w = random_init(&mut rng, "w", &[6, 1, 3], 0.0);
+    let model = single_op_model(
+        "Conv",
+        &[("x", &[2, 3, 11])],
+        vec![w],
+        &["x", "w"],
+        1,
+        17,
+        |n| {
+            n.set_int("group", 3);
+            n.set_string("auto_pad", "SAME_LOWER");
+            n.set_ints("strides", &[2]);
+        },
+    );
+    check("dw conv1d same_lower", &model, 0.0, 6);
+}
+
 #[test]
 fn conv_transpose_family() {
     let mut rng = Rng::new(8);

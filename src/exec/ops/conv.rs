@@ -1,11 +1,14 @@
 //! Conv and ConvTranspose (1-D and 2-D): groups (depthwise included),
 //! asymmetric pads, auto_pad, strides, dilations, output_padding and
-//! output_shape. 1-D convolutions run as 2-D ones with height 1.
+//! output_shape. 1-D convolutions run as 2-D ones with height 1. Depthwise
+//! convolutions on CPU use amct's direct kernel (`kernels::depthwise`); the
+//! rest, and every convolution on other devices, use candle's `conv2d`.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use super::OpCtx;
 use crate::exec::error::Result;
+use crate::exec::kernels::depthwise::{depthwise_conv2d, DepthwiseParams};
 use crate::exec::Value;
 use crate::graph::Node;
 
@@ -141,14 +144,24 @@ pub fn conv(ctx: &OpCtx) -> Result<Vec<Value>> {
     if g.dilation[0] != g.dilation[1] {
         return Err(ctx.unsupported("different dilations per axis"));
     }
-    let uniform_stride = g.stride[0] == g.stride[1];
-    let stride = if uniform_stride { g.stride[0] } else { 1 };
-    let (x, pad) = pad_exactly(ctx, &x, &g, stride)?;
-    let mut y = x.conv2d(&w, pad, stride, g.dilation[0], groups)?;
-    if !uniform_stride {
-        y = subsample(&y, 2, g.stride[0])?;
-        y = subsample(&y, 3, g.stride[1])?;
-    }
+    let mut y = if is_cpu_depthwise(&x, &w, groups)? {
+        let p = DepthwiseParams {
+            stride: g.stride,
+            dilation: g.dilation,
+            pads: g.pads,
+        };
+        depthwise_conv2d(&x, &w, &p)?
+    } else {
+        let uniform_stride = g.stride[0] == g.stride[1];
+        let stride = if uniform_stride { g.stride[0] } else { 1 };
+        let (x, pad) = pad_exactly(ctx, &x, &g, stride)?;
+        let y = x.conv2d(&w, pad, stride, g.dilation[0], groups)?;
+        if uniform_stride {
+            y
+        } else {
+            subsample(&subsample(&y, 2, g.stride[0])?, 3, g.stride[1])?
+        }
+    };
     if let Some(b) = ctx.opt_input(2) {
         let b = b.tensor.to_dtype(y.dtype())?;
         y = y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?;
@@ -157,6 +170,19 @@ pub fn conv(ctx: &OpCtx) -> Result<Vec<Value>> {
         y = y.squeeze(2)?;
     }
     Ok(vec![Value::new(y, xv.dtype)])
+}
+
+/// Whether [`depthwise_conv2d`] runs this convolution: one group per input channel (more than
+/// one), `[C * M, 1, KH, KW]` weights, f32/f64 on CPU. Elsewhere candle's grouped `conv2d`.
+fn is_cpu_depthwise(x: &Tensor, w: &Tensor, groups: usize) -> Result<bool> {
+    let (c, o) = (x.dim(1)?, w.dim(0)?);
+    Ok(groups > 1
+        && groups == c
+        && w.dim(1)? == 1
+        && o % c == 0
+        && x.device().is_cpu()
+        && x.dtype() == w.dtype()
+        && matches!(x.dtype(), DType::F32 | DType::F64))
 }
 
 /// Pads the input and drops trailing rows/columns no window reaches, so the
