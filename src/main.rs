@@ -333,10 +333,7 @@ fn inspect(path: &Path, json: bool, batch: i64) -> Result<()> {
 fn infer(model_path: &Path, input: &Path, output: &Path, device: &str) -> Result<()> {
     let model = load(model_path)?;
     let device = exec::parse_device(device)?;
-    let options = ExecOptions {
-        device: device.clone(),
-        ..Default::default()
-    };
+    let options = ExecOptions::inference(&device);
     let feeds = exec::npz::read_npz(input, &device, options.float)?;
     check_feeds(&model, &feeds, input)?;
     let executor = Executor::new(&model, options)?;
@@ -437,10 +434,7 @@ fn bench_forward(
 ) -> Result<()> {
     let model = load(path)?;
     let device = exec::parse_device(device)?;
-    let options = ExecOptions {
-        device: device.clone(),
-        ..Default::default()
-    };
+    let options = ExecOptions::inference(&device);
     let mut feeds = HashMap::new();
     for input in &model.graph.inputs {
         let shape: Vec<usize> = input

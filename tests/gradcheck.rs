@@ -36,6 +36,7 @@ fn check(label: &str, model: &Model, gap: f64, seed: u64) {
         ExecOptions {
             device: Device::Cpu,
             float: CDType::F64,
+            track_params: true,
         },
     )
     .expect("executor");

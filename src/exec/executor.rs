@@ -15,6 +15,21 @@ pub struct ExecOptions {
     pub device: Device,
     /// Float type used for all float computation (F32, or F64 for gradient checks).
     pub float: CDType,
+    /// Record operations on the parameters for backprop. Off for
+    /// inference-only passes (calibration, eval, infer): with it on, every
+    /// intermediate value stays alive until the run ends.
+    pub track_params: bool,
+}
+
+impl ExecOptions {
+    /// Options for a forward-only pass on `device` in f32.
+    pub fn inference(device: &Device) -> Self {
+        ExecOptions {
+            device: device.clone(),
+            float: CDType::F32,
+            track_params: false,
+        }
+    }
 }
 
 impl Default for ExecOptions {
@@ -22,6 +37,7 @@ impl Default for ExecOptions {
         ExecOptions {
             device: Device::Cpu,
             float: CDType::F32,
+            track_params: true,
         }
     }
 }
@@ -154,7 +170,12 @@ impl Executor {
     ) -> Result<HashMap<String, Value>> {
         let mut env: HashMap<String, Value> = self.constants.clone();
         for (name, (var, dtype)) in &self.params {
-            env.insert(name.clone(), Value::new(var.as_tensor().clone(), *dtype));
+            let t = if self.options.track_params {
+                var.as_tensor().clone()
+            } else {
+                var.as_tensor().detach()
+            };
+            env.insert(name.clone(), Value::new(t, *dtype));
         }
         for (name, dtype) in &self.inputs {
             let v = feeds.get(name).ok_or_else(|| ExecError::Input {

@@ -172,6 +172,7 @@ fn evaluate(
     };
     let options = ExecOptions {
         float,
+        track_params: false,
         ..Default::default()
     };
     let run = Executor::new(&tiny, options).and_then(|e| e.run(&HashMap::new()));

@@ -36,13 +36,7 @@ pub fn run(ctx: &StageContext, q: &mut Quantizer, data: &DataConfig) -> Result<J
     let wanted: Vec<&str> = layers.iter().map(|l| l.activation.as_str()).collect();
     let mut inputs: BTreeMap<String, Vec<Tensor>> = BTreeMap::new();
     {
-        let exec = Executor::new(
-            &q.float,
-            ExecOptions {
-                device: ctx.device.clone(),
-                ..ExecOptions::default()
-            },
-        )?;
+        let exec = Executor::new(&q.float, ExecOptions::inference(ctx.device))?;
         let ds = open_dataset(data)?;
         let all = Batches::new(
             ds.as_ref(),

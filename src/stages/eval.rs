@@ -63,13 +63,7 @@ pub fn run(ctx: &StageContext, params: &EvalParams) -> Result<StageOutput, Stage
 }
 
 fn executor(ctx: &StageContext, model: &Model) -> Result<Executor, StageError> {
-    Ok(Executor::new(
-        model,
-        ExecOptions {
-            device: ctx.device.clone(),
-            float: CDType::F32,
-        },
-    )?)
+    Ok(Executor::new(model, ExecOptions::inference(ctx.device))?)
 }
 
 fn static_metrics(model: &Model) -> Map<String, Json> {

@@ -38,13 +38,7 @@ pub fn run(ctx: &StageContext, params: &QuantizeParams) -> Result<StageOutput, S
         None => 0,
     };
     let mut q = Quantizer::new(float, params.clone()).map_err(graph)?;
-    let exec = Executor::new(
-        &q.float,
-        ExecOptions {
-            device: ctx.device.clone(),
-            ..ExecOptions::default()
-        },
-    )?;
+    let exec = Executor::new(&q.float, ExecOptions::inference(ctx.device))?;
     lap("prepare", &mut since);
     let ds = open_dataset(data)?;
     let batches = Batches::new(

@@ -66,13 +66,7 @@ struct Reference<'a> {
 
 impl Reference<'_> {
     fn score(&self, model: &Model) -> Result<Score, StageError> {
-        let exec = Executor::new(
-            model,
-            ExecOptions {
-                device: self.ctx.device.clone(),
-                ..ExecOptions::default()
-            },
-        )?;
+        let exec = Executor::new(model, ExecOptions::inference(self.ctx.device))?;
         let ds = open_dataset(self.data)?;
         let batches = Batches::new(
             ds.as_ref(),
@@ -115,13 +109,7 @@ pub fn run(
         labels: Vec::new(),
     };
     {
-        let exec = Executor::new(
-            &q.float,
-            ExecOptions {
-                device: ctx.device.clone(),
-                ..ExecOptions::default()
-            },
-        )?;
+        let exec = Executor::new(&q.float, ExecOptions::inference(ctx.device))?;
         let ds = open_dataset(data)?;
         let batches = Batches::new(
             ds.as_ref(),

@@ -25,13 +25,7 @@ pub fn run(
     if wanted.is_empty() {
         return Ok(0);
     }
-    let exec = Executor::new(
-        model,
-        ExecOptions {
-            device: ctx.device.clone(),
-            ..ExecOptions::default()
-        },
-    )?;
+    let exec = Executor::new(model, ExecOptions::inference(ctx.device))?;
     let ds = open_dataset(data)?;
     let all = Batches::new(
         ds.as_ref(),

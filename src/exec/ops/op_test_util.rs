@@ -136,6 +136,7 @@ pub fn grad_check(node: &Node, opset: i64, feeds: &[(&str, &Value)], wrt: &str) 
         ExecOptions {
             device: Device::Cpu,
             float: CDType::F64,
+            track_params: true,
         },
     )
     .unwrap();
