@@ -124,15 +124,7 @@ impl Executor {
 
     /// Runs the graph and returns the graph outputs in order.
     pub fn run(&self, feeds: &HashMap<String, Value>) -> Result<Vec<Value>> {
-        let env = self.run_keep(feeds, &[])?;
-        self.outputs
-            .iter()
-            .map(|name| {
-                env.get(name)
-                    .cloned()
-                    .ok_or_else(|| ExecError::Missing(name.clone()))
-            })
-            .collect()
+        self.run_observed(feeds, &mut |_, _| Ok(()))
     }
 
     /// Runs the graph keeping the named intermediate values as well as the outputs.

@@ -13,6 +13,7 @@ use candle_core::{DType as CDType, Tensor};
 use prost::Message;
 use serde_json::{json, Map, Value as Json};
 
+use super::compare::{argmax, cosine_similarity};
 use super::feed::first_output;
 use super::{StageContext, StageError, StageOutput};
 use crate::data::{open_dataset, BatchOptions, Batches};
@@ -180,20 +181,12 @@ impl Totals {
         let ys: Vec<Vec<f32>> = y.to_vec2()?;
         let rs: Vec<Vec<f32>> = r.to_vec2()?;
         for (a, b) in ys.iter().zip(&rs) {
-            let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
             for (&x, &z) in a.iter().zip(b) {
                 let (x, z) = (x as f64, z as f64);
-                dot += x * z;
-                na += x * x;
-                nb += z * z;
                 self.signal += z * z;
                 self.noise += (x - z) * (x - z);
             }
-            self.cosine_sum += if na == 0.0 || nb == 0.0 {
-                f64::from(u8::from(na == nb))
-            } else {
-                dot / (na.sqrt() * nb.sqrt())
-            };
+            self.cosine_sum += cosine_similarity(a, b);
             self.agree += usize::from(argmax(a) == argmax(b));
             self.compared += 1;
         }
@@ -238,12 +231,6 @@ impl Totals {
         }
         m
     }
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(0, |best, (i, &x)| if x > v[best] { i } else { best })
 }
 
 /// Median wall time of one forward pass at `batch`, in milliseconds; `None`

@@ -2,6 +2,7 @@
 //! (already loaded) and its data set, and returns a model and/or metrics.
 
 mod adaround;
+mod compare;
 mod eval;
 mod feed;
 mod fuse;

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use candle_core::Tensor;
 use serde_json::{json, Value as Json};
 
+use super::compare::{argmax, cosine_similarity};
 use super::feed::first_output;
 use super::{StageContext, StageError};
 use crate::data::{open_dataset, BatchOptions, Batches, DataConfig};
@@ -221,32 +222,4 @@ pub fn run(
         met,
         evaluations,
     })
-}
-
-fn cosine_similarity(a: &[f32], b: &[f32]) -> f64 {
-    let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
-    for (&x, &z) in a.iter().zip(b) {
-        let (x, z) = (x as f64, z as f64);
-        dot += x * z;
-        na += x * x;
-        nb += z * z;
-    }
-    if na == 0.0 || nb == 0.0 {
-        f64::from(u8::from(na == nb))
-    } else {
-        dot / (na.sqrt() * nb.sqrt())
-    }
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
-            if x > best.1 {
-                (i, x)
-            } else {
-                best
-            }
-        })
-        .0
 }
