@@ -106,6 +106,10 @@ enum Command {
         warmup: usize,
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Time the model as given: skip the exact rewrites (BatchNorm folding, constant
+        /// folding) that run first by default, as onnxruntime's default graph optimizations do.
+        #[arg(long)]
+        no_fuse: bool,
     },
 }
 
@@ -197,7 +201,8 @@ fn run(cli: Cli) -> Result<()> {
             iters,
             warmup,
             device,
-        } => bench_forward(&model, batch, iters, warmup, &device),
+            no_fuse,
+        } => bench_forward(&model, (batch, iters, warmup), &device, !no_fuse),
     }
 }
 
@@ -427,12 +432,14 @@ fn convert(input: &Path, output: &Path, external_data: bool, fuse: bool) -> Resu
 
 fn bench_forward(
     path: &Path,
-    batch: usize,
-    iters: usize,
-    warmup: usize,
+    (batch, iters, warmup): (usize, usize, usize),
     device: &str,
+    fuse: bool,
 ) -> Result<()> {
-    let model = load(path)?;
+    let mut model = load(path)?;
+    if fuse {
+        model = amct::passes::fuse_pipeline(&model, &amct::passes::FuseOptions::default())?.0;
+    }
     let device = exec::parse_device(device)?;
     let options = ExecOptions::inference(&device);
     let mut feeds = HashMap::new();

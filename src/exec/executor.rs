@@ -1,10 +1,13 @@
-//! Runs a model: topological order, value lifetimes, parameters as `Var`s.
+//! Runs a model: topological order, value lifetimes, parameters as `Var`s, and Conv +
+//! activation fusion (`fusion`) where no caller needs the intermediate.
 
 use std::collections::HashMap;
 
 use candle_core::{DType as CDType, Device, Var};
 
 use super::error::{ExecError, Result};
+use super::fusion::{self, Fusion};
+use super::kernels::conv2d::FusedActivation;
 use super::ops::{self, OpCtx};
 use super::Value;
 use crate::graph::{topological_order, DType, Model, Node};
@@ -55,6 +58,8 @@ pub struct Executor {
     constants: HashMap<String, Value>,
     /// For each node (in run order), values whose last reader it is.
     frees_after: Vec<Vec<String>>,
+    /// For each node (in run order), the activation it may absorb.
+    fusions: Vec<Option<Fusion>>,
 }
 
 impl Executor {
@@ -88,6 +93,7 @@ impl Executor {
         }
         let outputs: Vec<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
         let frees_after = lifetimes(&nodes, &outputs);
+        let fusions = fusion::plan(model, &nodes, options.track_params);
         Ok(Executor {
             nodes,
             inputs: graph
@@ -101,6 +107,7 @@ impl Executor {
             params,
             constants,
             frees_after,
+            fusions,
         })
     }
 
@@ -124,7 +131,8 @@ impl Executor {
 
     /// Runs the graph and returns the graph outputs in order.
     pub fn run(&self, feeds: &HashMap<String, Value>) -> Result<Vec<Value>> {
-        self.run_observed(feeds, &mut |_, _| Ok(()))
+        self.run_inner(feeds, &[], &|_| false, &mut |_, _| Ok(()))
+            .and_then(|env| self.outputs_of(env))
     }
 
     /// Runs the graph keeping the named intermediate values as well as the outputs.
@@ -133,17 +141,22 @@ impl Executor {
         feeds: &HashMap<String, Value>,
         keep: &[&str],
     ) -> Result<HashMap<String, Value>> {
-        self.run_inner(feeds, keep, &mut |_, _| Ok(()))
+        self.run_inner(feeds, keep, &|_| false, &mut |_, _| Ok(()))
     }
 
-    /// Runs the graph and shows every graph input and node output to
+    /// Runs the graph and shows each graph input and node output that `watched` selects to
     /// `observe` as it is produced (before it is freed); returns the outputs.
     pub fn run_observed(
         &self,
         feeds: &HashMap<String, Value>,
+        watched: &dyn Fn(&str) -> bool,
         observe: &mut dyn FnMut(&str, &Value) -> Result<()>,
     ) -> Result<Vec<Value>> {
-        let env = self.run_inner(feeds, &[], observe)?;
+        let env = self.run_inner(feeds, &[], watched, observe)?;
+        self.outputs_of(env)
+    }
+
+    fn outputs_of(&self, env: HashMap<String, Value>) -> Result<Vec<Value>> {
         self.outputs
             .iter()
             .map(|name| {
@@ -158,8 +171,15 @@ impl Executor {
         &self,
         feeds: &HashMap<String, Value>,
         keep: &[&str],
+        watched: &dyn Fn(&str) -> bool,
         observe: &mut dyn FnMut(&str, &Value) -> Result<()>,
     ) -> Result<HashMap<String, Value>> {
+        let mut observe = |name: &str, value: &Value| match watched(name) {
+            true => observe(name, value),
+            false => Ok(()),
+        };
+        // Nodes whose work a fused Conv already did in this run.
+        let mut absorbed = vec![false; self.nodes.len()];
         let mut env: HashMap<String, Value> = self.constants.clone();
         for (name, (var, dtype)) in &self.params {
             let t = if self.options.track_params {
@@ -178,7 +198,15 @@ impl Executor {
             observe(name, &value)?;
             env.insert(name.clone(), value);
         }
-        for (node, frees) in self.nodes.iter().zip(&self.frees_after) {
+        for (i, (node, frees)) in self.nodes.iter().zip(&self.frees_after).enumerate() {
+            if absorbed[i] {
+                self.free(&mut env, frees, keep);
+                continue;
+            }
+            let fused = self.fusions[i].filter(|_| {
+                let mid = node.outputs[0].as_str();
+                !watched(mid) && !keep.contains(&mid)
+            });
             let inputs = node
                 .inputs
                 .iter()
@@ -198,21 +226,33 @@ impl Executor {
                 opset: self.opset,
                 device: &self.options.device,
                 float: self.options.float,
+                activation: fused.map_or(FusedActivation::None, |f| f.activation),
             };
             let outs = ops::run(&ctx).map_err(|e| with_node(e, node))?;
-            for (name, value) in node.outputs.iter().zip(outs) {
+            let names = match fused {
+                Some(f) => {
+                    absorbed[f.consumer] = true;
+                    &self.nodes[f.consumer].outputs
+                }
+                None => &node.outputs,
+            };
+            for (name, value) in names.iter().zip(outs) {
                 if !name.is_empty() {
                     observe(name, &value)?;
                     env.insert(name.clone(), value);
                 }
             }
-            for name in frees {
-                if !keep.contains(&name.as_str()) {
-                    env.remove(name);
-                }
-            }
+            self.free(&mut env, frees, keep);
         }
         Ok(env)
+    }
+
+    fn free(&self, env: &mut HashMap<String, Value>, frees: &[String], keep: &[&str]) {
+        for name in frees {
+            if !keep.contains(&name.as_str()) {
+                env.remove(name);
+            }
+        }
     }
 
     /// Checks and converts a fed value to the graph input's type.

@@ -6,6 +6,7 @@
 
 mod error;
 mod executor;
+mod fusion;
 pub mod kernels;
 pub mod npz;
 pub mod ops;

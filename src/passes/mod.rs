@@ -23,7 +23,7 @@ mod upgrade_opset;
 mod util;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::HashSet;
 

@@ -39,8 +39,10 @@ impl Calibrator {
         exec: &Executor,
         feeds: &HashMap<String, Value>,
     ) -> Result<Vec<Value>, ExecError> {
+        let names: std::collections::HashSet<String> = self.observers.keys().cloned().collect();
+        let watched = |name: &str| names.contains(name);
         let observers = &mut self.observers;
-        let outs = exec.run_observed(feeds, &mut |name, value| {
+        let outs = exec.run_observed(feeds, &watched, &mut |name, value| {
             if let Some(obs) = observers.get_mut(name) {
                 if value.dtype.is_float() {
                     with_f32_slice(&value.tensor, |values| obs.observe(values, value.dims()))?;

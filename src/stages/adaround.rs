@@ -45,13 +45,18 @@ pub fn run(ctx: &StageContext, q: &mut Quantizer, data: &DataConfig) -> Result<J
         );
         for batch in all.take(batches) {
             let batch = batch?;
-            exec.run_observed(&batch_feeds(&q.float, &batch.x)?, &mut |name, value| {
-                if wanted.contains(&name) {
-                    let t = value.tensor.to_dtype(CDType::F32)?.detach();
-                    inputs.entry(name.to_string()).or_default().push(t);
-                }
-                Ok(())
-            })?;
+            let watched = |name: &str| wanted.contains(&name);
+            exec.run_observed(
+                &batch_feeds(&q.float, &batch.x)?,
+                &watched,
+                &mut |name, value| {
+                    {
+                        let t = value.tensor.to_dtype(CDType::F32)?.detach();
+                        inputs.entry(name.to_string()).or_default().push(t);
+                    }
+                    Ok(())
+                },
+            )?;
         }
     }
     let bar = crate::progress::bar(layers.len() as u64, "layers", "adaround");

@@ -41,8 +41,9 @@ pub fn run(
     for batch in all.take(total) {
         let batch = batch?;
         for x in sample_chunks(&batch.x, STATISTICS_CHUNK)? {
-            exec.run_observed(&batch_feeds(model, &x)?, &mut |name, value| {
-                if !wanted.iter().any(|w| w == name) || value.rank() == 0 {
+            let watched = |name: &str| wanted.iter().any(|w| w == name);
+            exec.run_observed(&batch_feeds(model, &x)?, &watched, &mut |name, value| {
+                if value.rank() == 0 {
                     return Ok(());
                 }
                 let k = value.dims()[value.rank() - 1];

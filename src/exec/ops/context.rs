@@ -3,6 +3,7 @@
 use candle_core::{DType as CDType, Device, Tensor};
 
 use crate::exec::error::{ExecError, Result};
+use crate::exec::kernels::conv2d::FusedActivation;
 use crate::exec::Value;
 use crate::graph::{DType, Node};
 
@@ -16,6 +17,9 @@ pub struct OpCtx<'a> {
     pub device: &'a Device,
     /// candle float type used for computation (f32, or f64 for gradient checks).
     pub float: CDType,
+    /// An activation the op applies to its output (a `Conv` fused with its `Relu`/`Clip`
+    /// reader by the executor); `None` for every other op.
+    pub activation: FusedActivation,
 }
 
 impl<'a> OpCtx<'a> {

@@ -1,13 +1,15 @@
 //! Conv and ConvTranspose (1-D and 2-D): groups (depthwise included),
 //! asymmetric pads, auto_pad, strides, dilations, output_padding and
-//! output_shape. 1-D convolutions run as 2-D ones with height 1. Depthwise
-//! convolutions on CPU use amct's direct kernel (`kernels::depthwise`); the
-//! rest, and every convolution on other devices, use candle's `conv2d`.
+//! output_shape. 1-D convolutions run as 2-D ones with height 1. On CPU,
+//! depthwise convolutions use amct's direct kernel (`kernels::depthwise`) and
+//! the others its im2col + GEMM kernel (`kernels::conv2d`); other devices use
+//! candle's `conv2d`.
 
 use candle_core::{DType, Tensor};
 
 use super::OpCtx;
 use crate::exec::error::Result;
+use crate::exec::kernels::conv2d::{conv2d as kernel_conv2d, Conv2dParams, FusedActivation};
 use crate::exec::kernels::depthwise::{depthwise_conv2d, DepthwiseParams};
 use crate::exec::Value;
 use crate::graph::Node;
@@ -144,32 +146,65 @@ pub fn conv(ctx: &OpCtx) -> Result<Vec<Value>> {
     if g.dilation[0] != g.dilation[1] {
         return Err(ctx.unsupported("different dilations per axis"));
     }
+    let bias = match ctx.opt_input(2) {
+        Some(b) => Some(b.tensor.to_dtype(x.dtype())?),
+        None => None,
+    };
     let mut y = if is_cpu_depthwise(&x, &w, groups)? {
         let p = DepthwiseParams {
             stride: g.stride,
             dilation: g.dilation,
             pads: g.pads,
         };
-        depthwise_conv2d(&x, &w, &p)?
+        add_bias(depthwise_conv2d(&x, &w, &p)?, bias.as_ref())?
+    } else if is_cpu_float(&x, &w) {
+        let p = Conv2dParams {
+            stride: g.stride,
+            dilation: g.dilation,
+            pads: g.pads,
+            groups,
+            activation: ctx.activation,
+        };
+        let bias = bias.map(|b| b.flatten_all()).transpose()?;
+        return finish(kernel_conv2d(&x, &w, bias.as_ref(), &p)?, n, xv.dtype);
     } else {
         let uniform_stride = g.stride[0] == g.stride[1];
         let stride = if uniform_stride { g.stride[0] } else { 1 };
         let (x, pad) = pad_exactly(ctx, &x, &g, stride)?;
         let y = x.conv2d(&w, pad, stride, g.dilation[0], groups)?;
-        if uniform_stride {
+        let y = if uniform_stride {
             y
         } else {
             subsample(&subsample(&y, 2, g.stride[0])?, 3, g.stride[1])?
-        }
+        };
+        add_bias(y, bias.as_ref())?
     };
-    if let Some(b) = ctx.opt_input(2) {
-        let b = b.tensor.to_dtype(y.dtype())?;
-        y = y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?;
-    }
-    if n == 1 {
-        y = y.squeeze(2)?;
-    }
-    Ok(vec![Value::new(y, xv.dtype)])
+    y = match ctx.activation {
+        FusedActivation::None => y,
+        FusedActivation::Relu => y.relu()?,
+        FusedActivation::Clip(lo, hi) => y.clamp(lo, hi)?,
+    };
+    finish(y, n, xv.dtype)
+}
+
+/// Drops the unit height axis of a 1-D convolution.
+fn finish(y: Tensor, spatial: usize, dtype: crate::graph::DType) -> Result<Vec<Value>> {
+    let y = if spatial == 1 { y.squeeze(2)? } else { y };
+    Ok(vec![Value::new(y, dtype)])
+}
+
+/// Adds a per-channel bias to an NCHW output.
+fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    Ok(match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?,
+        None => y,
+    })
+}
+
+/// Whether amct's im2col + GEMM kernel (`kernels::conv2d`) runs this convolution: f32/f64
+/// operands of one dtype on CPU. Elsewhere candle's `conv2d`.
+fn is_cpu_float(x: &Tensor, w: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == w.dtype() && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
 /// Whether [`depthwise_conv2d`] runs this convolution: one group per input channel (more than

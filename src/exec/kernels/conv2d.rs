@@ -1,0 +1,502 @@
+//! General 2-D convolution (ONNX `Conv`, any group count) as a CPU candle custom op, with an
+//! optional fused bias and ReLU / Clip, differentiable in input, weight and bias.
+//!
+//! `x: [N, C_in, H, W]`, `w: [C_out, C_in / groups, KH, KW]`, `b: [C_out]`, asymmetric pads,
+//! per-axis strides and dilations. Each image is unfolded (im2col) into a scratch buffer that
+//! its worker thread reuses, then multiplied by the weight with the `gemm` crate's packed
+//! kernels, writing straight into the NCHW output (`conv2d_gemm`): no layout round trips, and
+//! pointwise convolutions skip im2col. Work is split over images when the batch fills the
+//! thread pool, otherwise inside each matrix product. f32 and f64.
+//!
+//! The backward pass is two more custom ops (input gradient: `w^T * gy` folded back by col2im;
+//! weight gradient: `gy * col^T` summed over the batch) plus a sum for the bias. A fused
+//! activation is differentiated through its output: the gradient passes where the output lies
+//! strictly inside the activation's range.
+
+use super::conv2d_gemm::{forward_image, grad_w_image, grad_x_image, Parallelism};
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
+};
+use rayon::prelude::*;
+
+/// An activation applied to the convolution's output in the same pass.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum FusedActivation {
+    #[default]
+    None,
+    /// `max(y, 0)`.
+    Relu,
+    /// `min(max(y, lo), hi)` (ReLU6 is `Clip(0, 6)`).
+    Clip(f64, f64),
+}
+
+/// Spatial attributes and groups of one convolution (the kernel size comes from the weight).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Conv2dParams {
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    /// `[top, left, bottom, right]`, the ONNX order.
+    pub pads: [usize; 4],
+    pub groups: usize,
+    pub activation: FusedActivation,
+}
+
+impl Default for Conv2dParams {
+    fn default() -> Self {
+        Self {
+            stride: [1, 1],
+            dilation: [1, 1],
+            pads: [0; 4],
+            groups: 1,
+            activation: FusedActivation::None,
+        }
+    }
+}
+
+/// Convolution of `x: [N, C_in, H, W]` with `w: [C_out, C_in / groups, KH, KW]` plus an optional
+/// bias `[C_out]`, then the fused activation, on CPU (f32/f64). Differentiable in every operand.
+pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &Conv2dParams) -> Result<Tensor> {
+    let operands: Vec<&Tensor> = [Some(x), Some(w), bias].into_iter().flatten().collect();
+    if operands.iter().any(|t| !t.device().is_cpu()) {
+        bail!("conv2d: CPU tensors only (candle's conv2d runs elsewhere)")
+    }
+    if operands.iter().any(|t| t.dtype() != x.dtype())
+        || !matches!(x.dtype(), DType::F32 | DType::F64)
+    {
+        bail!(
+            "conv2d: f32 or f64 operands of one dtype, got {:?}",
+            operands.iter().map(|t| t.dtype()).collect::<Vec<_>>()
+        )
+    }
+    let g = Geom::new(p, x.dims(), w.dims())?;
+    let op = ConvOp { p: *p };
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match bias {
+        None => x.apply_op2(&w, op),
+        Some(b) => {
+            if b.dims() != [g.cout()] {
+                bail!(
+                    "conv2d: bias has shape {:?}, expected [{}]",
+                    b.dims(),
+                    g.cout()
+                )
+            }
+            x.apply_op3(&w, &b.contiguous()?, op)
+        }
+    }
+}
+
+/// Sizes and attributes of one call, shared by the forward and backward kernels.
+pub(super) struct Geom {
+    pub n: usize,
+    pub groups: usize,
+    pub cin_g: usize,
+    pub cout_g: usize,
+    pub inp: (usize, usize),
+    pub k: (usize, usize),
+    pub out: (usize, usize),
+    pub s: (usize, usize),
+    pub d: (usize, usize),
+    pub pads: [usize; 4],
+}
+
+impl Geom {
+    pub fn new(p: &Conv2dParams, x: &[usize], w: &[usize]) -> Result<Self> {
+        let (&[n, cin, h, wd], &[cout, cin_g, kh, kw]) = (x, w) else {
+            bail!("conv2d: expected 4-D input and weight, got {x:?} and {w:?}")
+        };
+        let groups = p.groups;
+        if groups == 0 || cin % groups != 0 || cout % groups != 0 || cin / groups != cin_g {
+            bail!("conv2d: weight {w:?} does not fit input {x:?} with {groups} groups")
+        }
+        if p.stride.contains(&0) || p.dilation.contains(&0) || kh == 0 || kw == 0 {
+            bail!("conv2d: zero kernel, stride or dilation ({p:?}, weight {w:?})")
+        }
+        let out = |a: usize, len: usize, k: usize| -> Result<usize> {
+            let extent = p.dilation[a] * (k - 1) + 1;
+            let padded = len + p.pads[a] + p.pads[a + 2];
+            if padded < extent {
+                bail!(
+                    "conv2d: padded input size {padded} is smaller than the kernel extent {extent}"
+                )
+            }
+            Ok((padded - extent) / p.stride[a] + 1)
+        };
+        Ok(Self {
+            n,
+            groups,
+            cin_g,
+            cout_g: cout / groups,
+            inp: (h, wd),
+            k: (kh, kw),
+            out: (out(0, h, kh)?, out(1, wd, kw)?),
+            s: (p.stride[0], p.stride[1]),
+            d: (p.dilation[0], p.dilation[1]),
+            pads: p.pads,
+        })
+    }
+
+    pub fn cout(&self) -> usize {
+        self.cout_g * self.groups
+    }
+    pub fn in_plane(&self) -> usize {
+        self.inp.0 * self.inp.1
+    }
+    pub fn out_plane(&self) -> usize {
+        self.out.0 * self.out.1
+    }
+    /// Rows of one group's im2col matrix: `C_in/groups * KH * KW`.
+    pub fn col_rows(&self) -> usize {
+        self.cin_g * self.k.0 * self.k.1
+    }
+    pub fn col_len(&self) -> usize {
+        self.col_rows() * self.out_plane()
+    }
+    /// A 1x1 kernel with unit stride and no padding: the image is its own im2col matrix.
+    pub fn is_pointwise(&self) -> bool {
+        self.k == (1, 1) && self.s == (1, 1) && self.pads == [0; 4]
+    }
+    fn x_len(&self) -> usize {
+        self.cin_g * self.groups * self.in_plane()
+    }
+    fn y_len(&self) -> usize {
+        self.cout() * self.out_plane()
+    }
+    fn x_shape(&self) -> Shape {
+        Shape::from((self.n, self.cin_g * self.groups, self.inp.0, self.inp.1))
+    }
+    fn y_shape(&self) -> Shape {
+        Shape::from((self.n, self.cout(), self.out.0, self.out.1))
+    }
+    fn w_shape(&self) -> Shape {
+        Shape::from((self.cout(), self.cin_g, self.k.0, self.k.1))
+    }
+
+    /// Images run on separate threads when the batch keeps every thread busy; otherwise one
+    /// image at a time with threads inside the matrix products.
+    fn split_images(&self) -> bool {
+        let threads = rayon::current_num_threads();
+        self.n >= 2 * threads || self.n.is_multiple_of(threads)
+    }
+}
+
+/// Runs `per_image(n, out_chunk, scratch, parallelism)` over the images of `out` (chunks of
+/// `chunk` elements), on separate threads or one after the other (see `Geom::split_images`).
+fn over_images<T: WithDType>(
+    g: &Geom,
+    out: &mut [T],
+    chunk: usize,
+    per_image: impl Fn(usize, &mut [T], &mut Vec<T>, Parallelism) + Sync,
+) {
+    if chunk == 0 {
+        return;
+    }
+    if g.split_images() {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each_init(Vec::new, |scratch, (n, o)| {
+                per_image(n, o, scratch, Parallelism::None)
+            });
+    } else {
+        let mut scratch = Vec::new();
+        for (n, o) in out.chunks_mut(chunk).enumerate() {
+            per_image(n, o, &mut scratch, Parallelism::Rayon(0));
+        }
+    }
+}
+
+fn fwd<T: WithDType>(g: &Geom, act: FusedActivation, x: &[T], w: &[T], b: Option<&[T]>) -> Vec<T> {
+    let (xl, yl) = (g.x_len(), g.y_len());
+    let mut y = vec![T::zero(); g.n * yl];
+    over_images(g, &mut y, yl, |n, yn, scratch, par| {
+        forward_image(g, (&x[n * xl..(n + 1) * xl], w, b), (yn, act), scratch, par);
+    });
+    y
+}
+
+fn grad_x<T: WithDType>(g: &Geom, gy: &[T], w: &[T]) -> Vec<T> {
+    let (xl, yl) = (g.x_len(), g.y_len());
+    let mut dx = vec![T::zero(); g.n * xl];
+    over_images(g, &mut dx, xl, |n, dxn, scratch, par| {
+        grad_x_image(g, (&gy[n * yl..(n + 1) * yl], w), dxn, scratch, par);
+    });
+    dx
+}
+
+fn grad_w<T: WithDType>(g: &Geom, x: &[T], gy: &[T]) -> Vec<T> {
+    let (xl, yl, wl) = (g.x_len(), g.y_len(), g.cout() * g.col_rows());
+    let image = |n: usize, dw: &mut Vec<T>, scratch: &mut Vec<T>, par| {
+        let xg = (&x[n * xl..(n + 1) * xl], &gy[n * yl..(n + 1) * yl]);
+        grad_w_image(g, xg, dw, scratch, par);
+    };
+    if g.split_images() {
+        let partial = (0..g.n)
+            .into_par_iter()
+            .fold(
+                || (vec![T::zero(); wl], Vec::new()),
+                |(mut dw, mut scratch), n| {
+                    image(n, &mut dw, &mut scratch, Parallelism::None);
+                    (dw, scratch)
+                },
+            )
+            .map(|(dw, _)| dw)
+            .reduce_with(|mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += *b);
+                a
+            });
+        partial.unwrap_or_else(|| vec![T::zero(); wl])
+    } else {
+        let (mut dw, mut scratch) = (vec![T::zero(); wl], Vec::new());
+        for n in 0..g.n {
+            image(n, &mut dw, &mut scratch, Parallelism::Rayon(0));
+        }
+        dw
+    }
+}
+
+/// The contiguous data of a CPU operand (callers make operands contiguous first).
+fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
+    let all = T::cpu_storage_as_slice(s)?;
+    match l.contiguous_offsets() {
+        Some((a, b)) if b <= all.len() => Ok(&all[a..b]),
+        _ => bail!("conv2d: {what} is not contiguous"),
+    }
+}
+
+fn expect(l: &Layout, shape: &Shape, what: &str) -> Result<()> {
+    if l.shape() != shape {
+        bail!(
+            "conv2d: {what} has shape {:?}, expected {shape:?}",
+            l.dims()
+        )
+    }
+    Ok(())
+}
+
+/// `(x, w[, b]) -> activation(x (*) w + b)`.
+struct ConvOp {
+    p: Conv2dParams,
+}
+
+impl ConvOp {
+    fn run(
+        &self,
+        x: (&CpuStorage, &Layout),
+        w: (&CpuStorage, &Layout),
+        b: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(&self.p, x.1.dims(), w.1.dims())?;
+        if let Some((_, bl)) = b {
+            expect(bl, &Shape::from(g.cout()), "bias")?;
+        }
+        let act = self.p.activation;
+        let storage = match (x.0, w.0) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let bias = b.map(|(s, l)| slice::<f32>(s, l, "bias")).transpose()?;
+                CpuStorage::F32(fwd(
+                    &g,
+                    act,
+                    slice(x.0, x.1, "input")?,
+                    slice(w.0, w.1, "weight")?,
+                    bias,
+                ))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let bias = b.map(|(s, l)| slice::<f64>(s, l, "bias")).transpose()?;
+                CpuStorage::F64(fwd(
+                    &g,
+                    act,
+                    slice(x.0, x.1, "input")?,
+                    slice(w.0, w.1, "weight")?,
+                    bias,
+                ))
+            }
+            (a, b) => bail!(
+                "conv2d: f32 or f64 operands of one dtype, got {:?} and {:?}",
+                a.dtype(),
+                b.dtype()
+            ),
+        };
+        Ok((storage, g.y_shape()))
+    }
+
+    /// The output gradient with the fused activation's mask applied.
+    fn masked(&self, y: &Tensor, gy: &Tensor) -> Result<Tensor> {
+        let inside = match self.p.activation {
+            FusedActivation::None => return gy.contiguous(),
+            FusedActivation::Relu => y.gt(0.0)?,
+            FusedActivation::Clip(lo, hi) => (y.gt(lo)?.to_dtype(DType::U8)? * y.lt(hi)?)?,
+        };
+        inside.where_cond(gy, &gy.zeros_like()?)?.contiguous()
+    }
+
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        y: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let gy = self.masked(y, gy)?;
+        let dx = gy.apply_op2(
+            w,
+            GradX {
+                p: self.p,
+                x: dims4(x)?,
+            },
+        )?;
+        let dw = x.apply_op2(
+            &gy,
+            GradW {
+                p: self.p,
+                w: dims4(w)?,
+            },
+        )?;
+        Ok((dx, dw, gy))
+    }
+}
+
+impl CustomOp2 for ConvOp {
+    fn name(&self) -> &'static str {
+        "amct-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        y: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = self.grads(x, w, y, gy)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp3 for ConvOp {
+    fn name(&self) -> &'static str {
+        "amct-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        y: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, gy) = self.grads(x, w, y, gy)?;
+        let db = gy.sum((0, 2, 3))?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+fn dims4(t: &Tensor) -> Result<[usize; 4]> {
+    let (a, b, c, d) = t.dims4()?;
+    Ok([a, b, c, d])
+}
+
+type Kernel<T> = fn(&Geom, &[T], &[T]) -> Vec<T>;
+
+/// Runs the f32 or f64 instance of a gradient kernel on two contiguous operands.
+fn run2(
+    a: (&CpuStorage, &Layout),
+    b: (&CpuStorage, &Layout),
+    g: &Geom,
+    k32: Kernel<f32>,
+    k64: Kernel<f64>,
+) -> Result<CpuStorage> {
+    Ok(match (a.0, b.0) {
+        (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(k32(
+            g,
+            slice(a.0, a.1, "operand")?,
+            slice(b.0, b.1, "operand")?,
+        )),
+        (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(k64(
+            g,
+            slice(a.0, a.1, "operand")?,
+            slice(b.0, b.1, "operand")?,
+        )),
+        (a, b) => bail!(
+            "conv2d: f32 or f64 operands of one dtype, got {:?} and {:?}",
+            a.dtype(),
+            b.dtype()
+        ),
+    })
+}
+
+/// `(gy, w) -> dx` for an input of dims `x`.
+struct GradX {
+    p: Conv2dParams,
+    x: [usize; 4],
+}
+
+impl CustomOp2 for GradX {
+    fn name(&self) -> &'static str {
+        "amct-conv2d-grad-x"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(&self.p, &self.x, l2.dims())?;
+        expect(l1, &g.y_shape(), "output gradient")?;
+        Ok((run2((s1, l1), (s2, l2), &g, grad_x, grad_x)?, g.x_shape()))
+    }
+}
+
+/// `(x, gy) -> dw` for a weight of dims `w`.
+struct GradW {
+    p: Conv2dParams,
+    w: [usize; 4],
+}
+
+impl CustomOp2 for GradW {
+    fn name(&self) -> &'static str {
+        "amct-conv2d-grad-w"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(&self.p, l1.dims(), &self.w)?;
+        expect(l2, &g.y_shape(), "output gradient")?;
+        Ok((run2((s1, l1), (s2, l2), &g, grad_w, grad_w)?, g.w_shape()))
+    }
+}
+
+#[cfg(test)]
+#[path = "conv2d_tests.rs"]
+mod tests;

@@ -1,0 +1,340 @@
+//! The arithmetic of `conv2d`: im2col / col2im for one image and a safe wrapper around the
+//! `gemm` crate's packed matrix product, plus the per-image forward and backward steps.
+//!
+//! For one image and one group, with `K = C_in/groups * KH * KW` and `P = OH * OW`:
+//! forward `y[Cout_g, P] = w[Cout_g, K] * col[K, P]`; input gradient
+//! `dcol[K, P] = w^T * gy`, folded back by col2im; weight gradient `dw += gy * col^T`.
+//! A 1x1 convolution with unit stride and no padding skips im2col: the image is its own `col`.
+
+use super::conv2d::{FusedActivation, Geom};
+use candle_core::WithDType;
+pub(super) use gemm::Parallelism;
+
+/// A read-only matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub(super) struct MatRef<'a, T> {
+    pub data: &'a [T],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a, T> MatRef<'a, T> {
+    /// A row-major `rows x cols` matrix.
+    pub fn rows(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major `cols x rows` matrix, without copying.
+    pub fn transposed(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs: 1,
+            cs: rows,
+        }
+    }
+
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst[m x n] (row-major, contiguous) = [dst +] a * b`.
+pub(super) fn matmul<T: WithDType>(
+    dst: &mut [T],
+    a: MatRef<T>,
+    b: MatRef<T>,
+    accumulate: bool,
+    par: Parallelism,
+) {
+    matmul_rows(dst, b.cols, a, b, accumulate, par)
+}
+
+/// `dst[m x n] = [dst +] a * b` where row `i` of `dst` starts at `dst[i * dst_rs]`.
+fn matmul_rows<T: WithDType>(
+    dst: &mut [T],
+    dst_rs: usize,
+    a: MatRef<T>,
+    b: MatRef<T>,
+    accumulate: bool,
+    par: Parallelism,
+) {
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    assert!(a.fits() && b.fits() && b.rows == k && dst_rs >= n);
+    assert!(m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len());
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.chunks_mut(dst_rs)
+                .take(m)
+                .for_each(|r| r[..n].fill(T::zero()));
+        }
+        return;
+    }
+    // SAFETY: the asserts above keep every index gemm touches inside the three slices: `a` and
+    // `b` are read at `i * rs + j * cs` for `i < rows, j < cols` (checked by `fits`), `dst`
+    // is written at `i * dst_rs + j` for `i < m, j < n`; `dst` is a unique borrow so nothing
+    // aliases.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// For one kernel offset along an axis, the output positions `lo..hi` whose input position
+/// `o * stride + offset - pad` falls inside `0..len`.
+fn valid_range(len: usize, out: usize, stride: usize, offset: usize, pad: usize) -> (usize, usize) {
+    let first = offset as isize - pad as isize; // input position of output 0
+    let lo = if first >= 0 {
+        0
+    } else {
+        ((-first) as usize).div_ceil(stride)
+    };
+    let hi = if (len as isize) <= first {
+        0
+    } else {
+        ((len as isize - first) as usize).div_ceil(stride)
+    };
+    let hi = hi.min(out);
+    (lo.min(hi), hi)
+}
+
+/// Unfolds one group of one image `x[C_g, H, W]` into `col[K, P]` (rows ordered `c, ki, kj`).
+pub(super) fn im2col<T: WithDType>(g: &Geom, x: &[T], col: &mut [T]) {
+    let (h, w) = g.inp;
+    let (oh, ow) = g.out;
+    let p = oh * ow;
+    let mut row = 0;
+    for c in 0..g.cin_g {
+        let plane = &x[c * h * w..(c + 1) * h * w];
+        for ki in 0..g.k.0 {
+            let (ylo, yhi) = valid_range(h, oh, g.s.0, ki * g.d.0, g.pads[0]);
+            for kj in 0..g.k.1 {
+                let (xlo, xhi) = valid_range(w, ow, g.s.1, kj * g.d.1, g.pads[1]);
+                let dst = &mut col[row * p..(row + 1) * p];
+                dst[..ylo * ow].fill(T::zero());
+                dst[yhi * ow..].fill(T::zero());
+                for oy in ylo..yhi {
+                    let iy = oy * g.s.0 + ki * g.d.0 - g.pads[0];
+                    let src = &plane[iy * w..(iy + 1) * w];
+                    let out = &mut dst[oy * ow..(oy + 1) * ow];
+                    out[..xlo].fill(T::zero());
+                    out[xhi..].fill(T::zero());
+                    let ix0 = xlo * g.s.1 + kj * g.d.1 - g.pads[1];
+                    if g.s.1 == 1 {
+                        out[xlo..xhi].copy_from_slice(&src[ix0..ix0 + (xhi - xlo)]);
+                    } else {
+                        for (o, s) in out[xlo..xhi]
+                            .iter_mut()
+                            .zip(src[ix0..].iter().step_by(g.s.1))
+                        {
+                            *o = *s;
+                        }
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// Adds `col[K, P]` back into one group of one image `dx[C_g, H, W]` (the adjoint of im2col).
+pub(super) fn col2im_add<T: WithDType>(g: &Geom, col: &[T], dx: &mut [T]) {
+    let (h, w) = g.inp;
+    let (oh, ow) = g.out;
+    let p = oh * ow;
+    let mut row = 0;
+    for c in 0..g.cin_g {
+        let plane = &mut dx[c * h * w..(c + 1) * h * w];
+        for ki in 0..g.k.0 {
+            let (ylo, yhi) = valid_range(h, oh, g.s.0, ki * g.d.0, g.pads[0]);
+            for kj in 0..g.k.1 {
+                let (xlo, xhi) = valid_range(w, ow, g.s.1, kj * g.d.1, g.pads[1]);
+                let src = &col[row * p..(row + 1) * p];
+                for oy in ylo..yhi {
+                    let iy = oy * g.s.0 + ki * g.d.0 - g.pads[0];
+                    let dst = &mut plane[iy * w..(iy + 1) * w];
+                    let from = &src[oy * ow + xlo..oy * ow + xhi];
+                    let ix0 = xlo * g.s.1 + kj * g.d.1 - g.pads[1];
+                    if g.s.1 == 1 {
+                        for (d, s) in dst[ix0..ix0 + from.len()].iter_mut().zip(from) {
+                            *d += *s;
+                        }
+                    } else {
+                        for (d, s) in dst[ix0..].iter_mut().step_by(g.s.1).zip(from) {
+                            *d += *s;
+                        }
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// `col` for group `grp` of image `xn`: the image itself for a pointwise convolution,
+/// else unfolded into `scratch`.
+fn columns<'a, T: WithDType>(
+    g: &Geom,
+    xn: &'a [T],
+    grp: usize,
+    scratch: &'a mut Vec<T>,
+) -> &'a [T] {
+    let x = &xn[grp * g.cin_g * g.in_plane()..(grp + 1) * g.cin_g * g.in_plane()];
+    if g.is_pointwise() {
+        return x;
+    }
+    scratch.resize(g.col_len(), T::zero());
+    im2col(g, x, scratch);
+    scratch
+}
+
+/// Applies the fused activation to `y` in place.
+pub(super) fn activate<T: WithDType>(act: FusedActivation, y: &mut [T]) {
+    let (lo, hi) = match act {
+        FusedActivation::None => return,
+        FusedActivation::Relu => (0.0, f64::INFINITY),
+        FusedActivation::Clip(lo, hi) => (lo, hi),
+    };
+    let (lo, hi) = (T::from_f64(lo), T::from_f64(hi));
+    for v in y {
+        let x = if *v < lo { lo } else { *v };
+        *v = if x > hi { hi } else { x };
+    }
+}
+
+/// Output columns per block when an image's product is split so that the block (all output
+/// channels of the group) stays in cache for the bias and the activation: about 128 KiB.
+fn column_block<T>(rows: usize) -> usize {
+    let bytes = 128 << 10;
+    (bytes / (rows.max(1) * std::mem::size_of::<T>())).max(64)
+}
+
+/// Forward of one image: `yn[C_out, P] = act(w * col + bias)`. On one thread the product is
+/// split into column blocks, each finished (bias, activation) while in cache; with threads
+/// inside gemm it is one product followed by one pass.
+pub(super) fn forward_image<T: WithDType>(
+    g: &Geom,
+    (xn, w, bias): (&[T], &[T], Option<&[T]>),
+    (yn, act): (&mut [T], FusedActivation),
+    scratch: &mut Vec<T>,
+    par: Parallelism,
+) {
+    let (p, kk, m) = (g.out_plane(), g.col_rows(), g.cout_g);
+    let block = match par {
+        Parallelism::None => column_block::<T>(m),
+        _ => p,
+    };
+    for grp in 0..g.groups {
+        let col = columns(g, xn, grp, scratch);
+        let wg = MatRef::rows(&w[grp * m * kk..(grp + 1) * m * kk], m, kk);
+        let yg = &mut yn[grp * m * p..(grp + 1) * m * p];
+        let bg = bias.map(|b| &b[grp * m..(grp + 1) * m]);
+        for p0 in (0..p).step_by(block.max(1)) {
+            let pb = block.min(p - p0);
+            if let Some(b) = bg {
+                for (row, &bv) in yg[p0..].chunks_mut(p).zip(b) {
+                    row[..pb].fill(bv);
+                }
+            }
+            let cols = MatRef {
+                data: &col[p0..],
+                rows: kk,
+                cols: pb,
+                rs: p,
+                cs: 1,
+            };
+            matmul_rows(&mut yg[p0..], p, wg, cols, bg.is_some(), par);
+            if act != FusedActivation::None {
+                for row in yg[p0..].chunks_mut(p) {
+                    activate(act, &mut row[..pb]);
+                }
+            }
+        }
+    }
+}
+
+/// Input gradient of one image: `dxn[C_in, H, W]` from `gyn[C_out, P]`.
+pub(super) fn grad_x_image<T: WithDType>(
+    g: &Geom,
+    (gyn, w): (&[T], &[T]),
+    dxn: &mut [T],
+    scratch: &mut Vec<T>,
+    par: Parallelism,
+) {
+    let (p, kk, ip) = (g.out_plane(), g.col_rows(), g.in_plane());
+    for grp in 0..g.groups {
+        let wt = MatRef::transposed(
+            &w[grp * g.cout_g * kk..(grp + 1) * g.cout_g * kk],
+            kk,
+            g.cout_g,
+        );
+        let gy = MatRef::rows(
+            &gyn[grp * g.cout_g * p..(grp + 1) * g.cout_g * p],
+            g.cout_g,
+            p,
+        );
+        let dxg = &mut dxn[grp * g.cin_g * ip..(grp + 1) * g.cin_g * ip];
+        if g.is_pointwise() {
+            matmul(dxg, wt, gy, false, par);
+        } else {
+            scratch.resize(g.col_len(), T::zero());
+            matmul(scratch, wt, gy, false, par);
+            dxg.fill(T::zero());
+            col2im_add(g, scratch, dxg);
+        }
+    }
+}
+
+/// Adds one image's weight gradient `gyn * col^T` into `dw[C_out, K]`.
+pub(super) fn grad_w_image<T: WithDType>(
+    g: &Geom,
+    (xn, gyn): (&[T], &[T]),
+    dw: &mut [T],
+    scratch: &mut Vec<T>,
+    par: Parallelism,
+) {
+    let (p, kk) = (g.out_plane(), g.col_rows());
+    for grp in 0..g.groups {
+        let col = columns(g, xn, grp, scratch);
+        let gy = MatRef::rows(
+            &gyn[grp * g.cout_g * p..(grp + 1) * g.cout_g * p],
+            g.cout_g,
+            p,
+        );
+        let dwg = &mut dw[grp * g.cout_g * kk..(grp + 1) * g.cout_g * kk];
+        matmul(dwg, gy, MatRef::transposed(col, p, kk), true, par);
+    }
+}
