@@ -10,6 +10,7 @@ pub mod graph;
 pub mod inspect;
 pub mod onnx;
 pub mod passes;
+pub mod process_tuning;
 pub mod progress;
 pub mod quant;
 pub mod recipe;

@@ -129,6 +129,7 @@ enum CacheAction {
 }
 
 fn main() {
+    amct::process_tuning::tune_process();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     if let Err(e) = run(cli) {

@@ -183,11 +183,11 @@ impl Geom {
 
 /// Runs `per_image(n, out_chunk, scratch, parallelism)` over the images of `out` (chunks of
 /// `chunk` elements), on separate threads or one after the other (see `Geom::split_images`).
-fn over_images<T: WithDType>(
+fn over_images<T: WithDType, U: Send>(
     g: &Geom,
-    out: &mut [T],
+    out: &mut [U],
     chunk: usize,
-    per_image: impl Fn(usize, &mut [T], &mut Vec<T>, Parallelism) + Sync,
+    per_image: impl Fn(usize, &mut [U], &mut Vec<T>, Parallelism) + Sync,
 ) {
     if chunk == 0 {
         return;
@@ -208,10 +208,20 @@ fn over_images<T: WithDType>(
 
 fn fwd<T: WithDType>(g: &Geom, act: FusedActivation, x: &[T], w: &[T], b: Option<&[T]>) -> Vec<T> {
     let (xl, yl) = (g.x_len(), g.y_len());
-    let mut y = vec![T::zero(); g.n * yl];
-    over_images(g, &mut y, yl, |n, yn, scratch, par| {
-        forward_image(g, (&x[n * xl..(n + 1) * xl], w, b), (yn, act), scratch, par);
-    });
+    let len = g.n * yl;
+    // Not zero-filled: `forward_image` writes every element, and a fill would be one more
+    // pass over the output in memory.
+    let mut y = Vec::with_capacity(len);
+    over_images(
+        g,
+        &mut y.spare_capacity_mut()[..len],
+        yl,
+        |n, yn, scratch: &mut Vec<T>, par| {
+            forward_image(g, (&x[n * xl..(n + 1) * xl], w, b), (yn, act), scratch, par);
+        },
+    );
+    // SAFETY: the chunks cover `..len` and `forward_image` initializes every element.
+    unsafe { y.set_len(len) };
     y
 }
 
@@ -321,16 +331,6 @@ impl ConvOp {
         Ok((storage, g.y_shape()))
     }
 
-    /// The output gradient with the fused activation's mask applied.
-    fn masked(&self, y: &Tensor, gy: &Tensor) -> Result<Tensor> {
-        let inside = match self.p.activation {
-            FusedActivation::None => return gy.contiguous(),
-            FusedActivation::Relu => y.gt(0.0)?,
-            FusedActivation::Clip(lo, hi) => (y.gt(lo)?.to_dtype(DType::U8)? * y.lt(hi)?)?,
-        };
-        inside.where_cond(gy, &gy.zeros_like()?)?.contiguous()
-    }
-
     fn grads(
         &self,
         x: &Tensor,
@@ -338,7 +338,7 @@ impl ConvOp {
         y: &Tensor,
         gy: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let gy = self.masked(y, gy)?;
+        let gy = super::mask_by_activation(self.p.activation, y, gy)?;
         let dx = gy.apply_op2(
             w,
             GradX {

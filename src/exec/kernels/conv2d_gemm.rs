@@ -9,6 +9,7 @@
 use super::conv2d::{FusedActivation, Geom};
 use candle_core::WithDType;
 pub(super) use gemm::Parallelism;
+use std::mem::MaybeUninit;
 
 /// A read-only matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
@@ -58,12 +59,17 @@ pub(super) fn matmul<T: WithDType>(
     accumulate: bool,
     par: Parallelism,
 ) {
+    // SAFETY: `MaybeUninit<T>` has `T`'s layout, and `matmul_rows` only stores initialized
+    // values (products of `a` and `b`) into it, so `dst` stays a valid `[T]`.
+    let dst = unsafe { &mut *(dst as *mut [T] as *mut [MaybeUninit<T>]) };
     matmul_rows(dst, b.cols, a, b, accumulate, par)
 }
 
-/// `dst[m x n] = [dst +] a * b` where row `i` of `dst` starts at `dst[i * dst_rs]`.
+/// `dst[m x n] = [dst +] a * b` where row `i` of `dst` starts at `dst[i * dst_rs]`. Without
+/// `accumulate` the destination may be uninitialized: every element of the `m x n` block is
+/// written, none read.
 fn matmul_rows<T: WithDType>(
-    dst: &mut [T],
+    dst: &mut [MaybeUninit<T>],
     dst_rs: usize,
     a: MatRef<T>,
     b: MatRef<T>,
@@ -80,7 +86,7 @@ fn matmul_rows<T: WithDType>(
         if !accumulate {
             dst.chunks_mut(dst_rs)
                 .take(m)
-                .for_each(|r| r[..n].fill(T::zero()));
+                .for_each(|r| r[..n].fill(MaybeUninit::new(T::zero())));
         }
         return;
     }
@@ -93,7 +99,7 @@ fn matmul_rows<T: WithDType>(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst.as_mut_ptr().cast::<T>(),
             1,
             dst_rs as isize,
             accumulate,
@@ -221,34 +227,49 @@ fn columns<'a, T: WithDType>(
     scratch
 }
 
-/// Applies the fused activation to `y` in place.
-pub(super) fn activate<T: WithDType>(act: FusedActivation, y: &mut [T]) {
+/// The `(lo, hi)` clamp of a fused activation (`None` when there is nothing to clamp).
+fn bounds<T: WithDType>(act: FusedActivation) -> Option<(T, T)> {
     let (lo, hi) = match act {
-        FusedActivation::None => return,
+        FusedActivation::None => return None,
         FusedActivation::Relu => (0.0, f64::INFINITY),
         FusedActivation::Clip(lo, hi) => (lo, hi),
     };
-    let (lo, hi) = (T::from_f64(lo), T::from_f64(hi));
-    for v in y {
-        let x = if *v < lo { lo } else { *v };
-        *v = if x > hi { hi } else { x };
+    Some((T::from_f64(lo), T::from_f64(hi)))
+}
+
+/// `row[i] = clamp(row[i] + bias, lo, hi)` in one pass.
+fn finish_row<T: WithDType>(row: &mut [T], bias: T, clamp: Option<(T, T)>) {
+    match clamp {
+        None => row.iter_mut().for_each(|v| *v += bias),
+        Some((lo, hi)) => {
+            for v in row {
+                let x = *v + bias;
+                let x = if x < lo { lo } else { x };
+                *v = if x > hi { hi } else { x };
+            }
+        }
     }
 }
 
 /// Output columns per block when an image's product is split so that the block (all output
 /// channels of the group) stays in cache for the bias and the activation: about 128 KiB.
 fn column_block<T>(rows: usize) -> usize {
-    let bytes = 128 << 10;
+    let bytes = std::env::var("AMCT_BLOCK_KB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(128)
+        << 10;
     (bytes / (rows.max(1) * std::mem::size_of::<T>())).max(64)
 }
 
-/// Forward of one image: `yn[C_out, P] = act(w * col + bias)`. On one thread the product is
-/// split into column blocks, each finished (bias, activation) while in cache; with threads
-/// inside gemm it is one product followed by one pass.
+/// Forward of one image: `yn[C_out, P] = act(w * col + bias)`, writing every element of the
+/// (uninitialized) output. On one thread the product is split into column blocks, each
+/// finished (bias, activation) while in cache; with threads inside gemm it is one product
+/// followed by one pass.
 pub(super) fn forward_image<T: WithDType>(
     g: &Geom,
     (xn, w, bias): (&[T], &[T], Option<&[T]>),
-    (yn, act): (&mut [T], FusedActivation),
+    (yn, act): (&mut [MaybeUninit<T>], FusedActivation),
     scratch: &mut Vec<T>,
     par: Parallelism,
 ) {
@@ -257,6 +278,7 @@ pub(super) fn forward_image<T: WithDType>(
         Parallelism::None => column_block::<T>(m),
         _ => p,
     };
+    let clamp = bounds::<T>(act);
     for grp in 0..g.groups {
         let col = columns(g, xn, grp, scratch);
         let wg = MatRef::rows(&w[grp * m * kk..(grp + 1) * m * kk], m, kk);
@@ -264,11 +286,6 @@ pub(super) fn forward_image<T: WithDType>(
         let bg = bias.map(|b| &b[grp * m..(grp + 1) * m]);
         for p0 in (0..p).step_by(block.max(1)) {
             let pb = block.min(p - p0);
-            if let Some(b) = bg {
-                for (row, &bv) in yg[p0..].chunks_mut(p).zip(b) {
-                    row[..pb].fill(bv);
-                }
-            }
             let cols = MatRef {
                 data: &col[p0..],
                 rows: kk,
@@ -276,11 +293,16 @@ pub(super) fn forward_image<T: WithDType>(
                 rs: p,
                 cs: 1,
             };
-            matmul_rows(&mut yg[p0..], p, wg, cols, bg.is_some(), par);
-            if act != FusedActivation::None {
-                for row in yg[p0..].chunks_mut(p) {
-                    activate(act, &mut row[..pb]);
-                }
+            matmul_rows(&mut yg[p0..], p, wg, cols, false, par);
+            if bg.is_none() && clamp.is_none() {
+                continue;
+            }
+            for (o, row) in yg[p0..].chunks_mut(p).enumerate() {
+                let row = &mut row[..pb];
+                // SAFETY: `matmul_rows` (not accumulating) has just written every element of
+                // this `m x pb` block, so these are initialized values of `T`.
+                let row = unsafe { &mut *(row as *mut [MaybeUninit<T>] as *mut [T]) };
+                finish_row(row, bg.map_or(T::zero(), |b| b[o]), clamp);
             }
         }
     }

@@ -14,8 +14,11 @@
 //! gradients by default).
 //! Other devices are not handled here: `ops::conv` keeps candle's grouped `conv2d` there.
 
+use super::conv2d::FusedActivation;
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{
+    bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
+};
 use rayon::prelude::*;
 use std::borrow::Cow;
 
@@ -39,8 +42,20 @@ impl Default for DepthwiseParams {
 }
 
 /// Depthwise convolution of `x: [N, C, H, W]` with `w: [C * M, 1, KH, KW]` on CPU (f32/f64),
-/// differentiable in both arguments. No bias: add it to the result.
+/// differentiable in both arguments.
 pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, p: &DepthwiseParams) -> Result<Tensor> {
+    depthwise_conv2d_fused(x, w, None, FusedActivation::None, p)
+}
+
+/// [`depthwise_conv2d`] plus an optional bias `[C * M]` and an activation applied as each
+/// output value is stored; differentiable in every operand (the activation through its output).
+pub fn depthwise_conv2d_fused(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    act: FusedActivation,
+    p: &DepthwiseParams,
+) -> Result<Tensor> {
     if !x.device().is_cpu() || !w.device().is_cpu() {
         bail!("depthwise_conv2d: CPU tensors only (use conv2d with groups elsewhere)")
     }
@@ -51,9 +66,24 @@ pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, p: &DepthwiseParams) -> Result<T
             w.dtype()
         )
     }
-    Geom::new(p, x.dims(), w.dims())?;
-    x.contiguous()?
-        .apply_op2(&w.contiguous()?, DwConv { p: *p })
+    let g = Geom::new(p, x.dims(), w.dims())?;
+    let op = DwConv { p: *p, act };
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match bias {
+        None => x.apply_op2(&w, op),
+        Some(b) => {
+            if b.dims() != [g.c * g.m] || b.dtype() != x.dtype() || !b.device().is_cpu() {
+                bail!(
+                    "depthwise_conv2d: bias {:?} {:?} does not fit {} output channels of {:?}",
+                    b.dims(),
+                    b.dtype(),
+                    g.c * g.m,
+                    x.dtype()
+                )
+            }
+            x.apply_op3(&w, &b.contiguous()?, op)
+        }
+    }
 }
 
 /// Sizes and attributes of one call, shared by the three kernels.
@@ -153,15 +183,25 @@ fn data<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<Cow<'a, [T]>>
 
 #[path = "depthwise_loops.rs"]
 mod loops;
-use loops::{dw_plane_mv, dx_plane_mv, fwd_plane_mv, DwFloat, Plan, Scratch};
+use loops::{dw_plane_mv, dx_plane_mv, fwd_plane_mv, DwFloat, Epilogue, Plan, Scratch};
 
 /// Planes per rayon task so that each task has some work (`cost` per plane).
 fn min_planes(cost: usize) -> usize {
     (1 << 14) / cost.max(1) + 1
 }
 
-/// `y = x (*) w`, parallel over output planes.
-fn fwd<T: DwFloat>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
+/// `y = act(x (*) w + b)`, parallel over output planes.
+fn fwd<T: DwFloat>(
+    g: &Geom,
+    (x, w, b): (&[T], &[T], Option<&[T]>),
+    act: FusedActivation,
+) -> Vec<T> {
+    let (lo, hi) = match act {
+        FusedActivation::None => (f64::NEG_INFINITY, f64::INFINITY),
+        FusedActivation::Relu => (0.0, f64::INFINITY),
+        FusedActivation::Clip(lo, hi) => (lo, hi),
+    };
+    let (lo, hi) = (T::from_f64(lo), T::from_f64(hi));
     let (ip, op, taps, m) = (g.in_plane(), g.out_plane(), g.taps(), g.m);
     let (plan, len) = (Plan::new(g), g.n * g.c * m * op);
     // Not zero-filled first: that would be one more pass over the output in memory.
@@ -173,7 +213,12 @@ fn fwd<T: DwFloat>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
         .for_each_init(Scratch::default, |scratch, (pl, y)| {
             let (xp, o) = (pl / m, pl % (g.c * m));
             let (x, w) = (&x[xp * ip..(xp + 1) * ip], &w[o * taps..(o + 1) * taps]);
-            fwd_plane_mv(g, &plan, (x, w), y, scratch);
+            let post = Epilogue {
+                bias: b.map_or(T::zero(), |b| b[o]),
+                lo,
+                hi,
+            };
+            fwd_plane_mv(g, &plan, (x, w, post), y, scratch);
         });
     // SAFETY: the chunks cover `..len` and `fwd_plane` initializes every element of its chunk.
     unsafe { y.set_len(len) };
@@ -252,9 +297,69 @@ fn expect(l: &Layout, shape: &Shape, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// `(x, w) -> y`.
+/// `(x, w[, b]) -> act(x (*) w + b)`.
 struct DwConv {
     p: DepthwiseParams,
+    act: FusedActivation,
+}
+
+impl DwConv {
+    fn run(
+        &self,
+        x: (&CpuStorage, &Layout),
+        w: (&CpuStorage, &Layout),
+        b: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(&self.p, x.1.dims(), w.1.dims())?;
+        if let Some((_, bl)) = b {
+            expect(bl, &Shape::from(g.c * g.m), "bias")?;
+        }
+        let storage = match (x.0, w.0) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let b = match b {
+                    Some((s, l)) => Some(data::<f32>(s, l)?),
+                    None => None,
+                };
+                CpuStorage::F32(fwd(
+                    &g,
+                    (&data(x.0, x.1)?, &data(w.0, w.1)?, b.as_deref()),
+                    self.act,
+                ))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let b = match b {
+                    Some((s, l)) => Some(data::<f64>(s, l)?),
+                    None => None,
+                };
+                CpuStorage::F64(fwd(
+                    &g,
+                    (&data(x.0, x.1)?, &data(w.0, w.1)?, b.as_deref()),
+                    self.act,
+                ))
+            }
+            (a, b) => bail!(
+                "depthwise_conv2d: f32 or f64 operands of one dtype, got {:?} and {:?}",
+                a.dtype(),
+                b.dtype()
+            ),
+        };
+        Ok((storage, g.y_shape()))
+    }
+
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        y: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (xd, wd) = (dims4(x)?, dims4(w)?);
+        // Contiguous: candle's strided copy beats ours (e.g. `sum` gives stride 0).
+        let gy = super::mask_by_activation(self.act, y, gy)?;
+        let dx = gy.apply_op2(w, DwGradX { p: self.p, x: xd })?;
+        let dw = x.apply_op2(&gy, DwGradW { p: self.p, w: wd })?;
+        Ok((dx, dw, gy))
+    }
 }
 
 impl CustomOp2 for DwConv {
@@ -269,22 +374,49 @@ impl CustomOp2 for DwConv {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::new(&self.p, l1.dims(), l2.dims())?;
-        Ok((run2((s1, l1, s2, l2), fwd, fwd, &g)?, g.y_shape()))
+        self.run((s1, l1), (s2, l2), None)
     }
 
     fn bwd(
         &self,
         x: &Tensor,
         w: &Tensor,
-        _y: &Tensor,
+        y: &Tensor,
         gy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (xd, wd) = (dims4(x)?, dims4(w)?);
-        let gy = gy.contiguous()?; // candle's strided copy beats ours (e.g. `sum` gives stride 0)
-        let dx = gy.apply_op2(w, DwGradX { p: self.p, x: xd })?;
-        let dw = x.apply_op2(&gy, DwGradW { p: self.p, w: wd })?;
+        let (dx, dw, _) = self.grads(x, w, y, gy)?;
         Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp3 for DwConv {
+    fn name(&self) -> &'static str {
+        "amct-depthwise-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        y: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, gy) = self.grads(x, w, y, gy)?;
+        let db = gy.sum((0, 2, 3))?;
+        Ok((Some(dx), Some(dw), Some(db)))
     }
 }
 

@@ -186,7 +186,7 @@ fn group<T: DwFloat, const K: usize, const FMA: bool>(
 fn fwd_plane<T: DwFloat, const FMA: bool>(
     g: &Geom,
     plan: &Plan,
-    (x, wt): (&[T], &[T]),
+    (x, wt, post): (&[T], &[T], Epilogue<T>),
     y: &mut [MaybeUninit<T>],
     (buf, out): &mut Scratch<T>,
 ) {
@@ -208,11 +208,22 @@ fn fwd_plane<T: DwFloat, const FMA: bool>(
         }
         t += k;
     }
+    let Epilogue { bias, lo, hi } = post;
     for (y, o) in y.chunks_exact_mut(ow).zip(out.chunks_exact(cols)) {
         for (y, &o) in y.iter_mut().zip(&o[..ow]) {
-            y.write(o);
+            let v = o + bias;
+            let v = if v < lo { lo } else { v };
+            y.write(if v > hi { hi } else { v });
         }
     }
+}
+
+/// What the forward does to each output value as it stores it: `clamp(v + bias, lo, hi)`.
+#[derive(Clone, Copy)]
+pub(super) struct Epilogue<T> {
+    pub bias: T,
+    pub lo: T,
+    pub hi: T,
 }
 
 /// `sum_t a[t] * b[t]`, with 8 partial sums so the loop vectorizes.
@@ -334,6 +345,6 @@ fn dw_plane<T: DwFloat, const FMA: bool>(
     }
 }
 
-multiversion!(pub(super) fwd_plane_mv => fwd_plane(g: &Geom, p: &Plan, xw: (&[T], &[T]), y: &mut [MaybeUninit<T>], s: &mut Scratch<T>));
+multiversion!(pub(super) fwd_plane_mv => fwd_plane(g: &Geom, p: &Plan, xw: (&[T], &[T], Epilogue<T>), y: &mut [MaybeUninit<T>], s: &mut Scratch<T>));
 multiversion!(pub(super) dx_plane_mv => dx_plane(g: &Geom, p: &Plan, gw: (&[T], &[T]), dx: &mut [T], s: &mut Scratch<T>));
 multiversion!(pub(super) dw_plane_mv => dw_plane(g: &Geom, p: &Plan, xg: (&[T], &[T]), acc: &mut [f64], s: &mut Scratch<T>));

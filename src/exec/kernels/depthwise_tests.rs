@@ -268,7 +268,13 @@ fn non_contiguous_operands() -> Res {
     assert!(!xt.is_contiguous() && !wt.is_contiguous());
     assert_eq!(rel_diff(&depthwise_conv2d(&xt, &wt, &case.4)?, &want)?, 0.0);
     // The op itself on a non-contiguous layout (the wrapper makes inputs contiguous first).
-    let y = xt.apply_op2(&wt, DwConv { p: case.4 })?;
+    let y = xt.apply_op2(
+        &wt,
+        DwConv {
+            p: case.4,
+            act: FusedActivation::None,
+        },
+    )?;
     assert_eq!(rel_diff(&y, &want)?, 0.0);
     let big = Tensor::cat(&[&x, &x], 0)?.narrow(0, 1, 2)?;
     let y = depthwise_conv2d(&big, &w, &case.4)?;
@@ -301,5 +307,46 @@ fn rejects_bad_arguments() -> Res {
     assert!(depthwise_conv2d(&x, &w64, &ok).is_err()); // mixed dtypes
     let xi = x.to_dtype(DType::U8)?;
     assert!(depthwise_conv2d(&xi, &w(4, 1, 3)?.to_dtype(DType::U8)?, &ok).is_err());
+    Ok(())
+}
+
+#[test]
+fn fused_bias_and_activation_match_separate_ops() -> Res {
+    let acts = [
+        FusedActivation::None,
+        FusedActivation::Relu,
+        FusedActivation::Clip(-0.3, 0.4),
+    ];
+    for (k, case) in grid().iter().enumerate() {
+        for act in acts {
+            let (x, w) = tensors(case, DType::F64, 500 + k as u64)?;
+            let o = w.dim(0)?;
+            let b = Tensor::from_vec(Lcg(k as u64).vec(o), o, &Device::Cpu)?;
+            let (x, w, b) = (
+                Var::from_tensor(&x)?,
+                Var::from_tensor(&w)?,
+                Var::from_tensor(&b)?,
+            );
+            let fused = depthwise_conv2d_fused(&x, &w, Some(&b), act, &case.4)?;
+            let plain =
+                depthwise_conv2d(&x, &w, &case.4)?.broadcast_add(&b.reshape((1, o, 1, 1))?)?;
+            let plain = match act {
+                FusedActivation::None => plain,
+                FusedActivation::Relu => plain.relu()?,
+                FusedActivation::Clip(lo, hi) => plain.clamp(lo, hi)?,
+            };
+            assert!(
+                rel_diff(&fused, &plain)? <= 1e-12,
+                "case {k} {act:?}: forward"
+            );
+            let r = Tensor::from_vec(Lcg(3).vec(fused.elem_count()), fused.shape(), &Device::Cpu)?;
+            let g1 = (fused * &r)?.sum_all()?.backward()?;
+            let g2 = (plain * &r)?.sum_all()?.backward()?;
+            for (name, v) in [("x", &x), ("w", &w), ("b", &b)] {
+                let d = rel_diff(g1.get(v).expect("grad"), g2.get(v).expect("grad"))?;
+                assert!(d <= 1e-12, "case {k} {act:?}: d{name} diff {d}");
+            }
+        }
+    }
     Ok(())
 }

@@ -10,7 +10,7 @@ use candle_core::{DType, Tensor};
 use super::OpCtx;
 use crate::exec::error::Result;
 use crate::exec::kernels::conv2d::{conv2d as kernel_conv2d, Conv2dParams, FusedActivation};
-use crate::exec::kernels::depthwise::{depthwise_conv2d, DepthwiseParams};
+use crate::exec::kernels::depthwise::{depthwise_conv2d_fused, DepthwiseParams};
 use crate::exec::Value;
 use crate::graph::Node;
 
@@ -156,7 +156,9 @@ pub fn conv(ctx: &OpCtx) -> Result<Vec<Value>> {
             dilation: g.dilation,
             pads: g.pads,
         };
-        add_bias(depthwise_conv2d(&x, &w, &p)?, bias.as_ref())?
+        let bias = bias.map(|b| b.flatten_all()).transpose()?;
+        let y = depthwise_conv2d_fused(&x, &w, bias.as_ref(), ctx.activation, &p)?;
+        return finish(y, n, xv.dtype);
     } else if is_cpu_float(&x, &w) {
         let p = Conv2dParams {
             stride: g.stride,
@@ -207,7 +209,7 @@ fn is_cpu_float(x: &Tensor, w: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == w.dtype() && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
-/// Whether [`depthwise_conv2d`] runs this convolution: one group per input channel (more than
+/// Whether [`depthwise_conv2d_fused`] runs this convolution: one group per input channel (more than
 /// one), `[C * M, 1, KH, KW]` weights, f32/f64 on CPU. Elsewhere candle's grouped `conv2d`.
 fn is_cpu_depthwise(x: &Tensor, w: &Tensor, groups: usize) -> Result<bool> {
     let (c, o) = (x.dim(1)?, w.dim(0)?);
