@@ -13,7 +13,7 @@
 //! activation is differentiated through its output: the gradient passes where the output lies
 //! strictly inside the activation's range.
 
-use super::conv2d_gemm::{forward_image, grad_w_image, grad_x_image, Parallelism};
+use super::conv2d_gemm::{forward_image, grad_w_image, grad_x_image, ConvFloat, Parallelism};
 use candle_core::backend::BackendStorage;
 use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
@@ -183,7 +183,7 @@ impl Geom {
 
 /// Runs `per_image(n, out_chunk, scratch, parallelism)` over the images of `out` (chunks of
 /// `chunk` elements), on separate threads or one after the other (see `Geom::split_images`).
-fn over_images<T: WithDType, U: Send>(
+fn over_images<T: ConvFloat, U: Send>(
     g: &Geom,
     out: &mut [U],
     chunk: usize,
@@ -195,18 +195,15 @@ fn over_images<T: WithDType, U: Send>(
     if g.split_images() {
         out.par_chunks_mut(chunk)
             .enumerate()
-            .for_each_init(Vec::new, |scratch, (n, o)| {
-                per_image(n, o, scratch, Parallelism::None)
-            });
+            .for_each(|(n, o)| T::with_scratch(|s| per_image(n, o, s, Parallelism::None)));
     } else {
-        let mut scratch = Vec::new();
         for (n, o) in out.chunks_mut(chunk).enumerate() {
-            per_image(n, o, &mut scratch, Parallelism::Rayon(0));
+            T::with_scratch(|s| per_image(n, o, s, Parallelism::Rayon(0)));
         }
     }
 }
 
-fn fwd<T: WithDType>(g: &Geom, act: FusedActivation, x: &[T], w: &[T], b: Option<&[T]>) -> Vec<T> {
+fn fwd<T: ConvFloat>(g: &Geom, act: FusedActivation, x: &[T], w: &[T], b: Option<&[T]>) -> Vec<T> {
     let (xl, yl) = (g.x_len(), g.y_len());
     let len = g.n * yl;
     // Not zero-filled: `forward_image` writes every element, and a fill would be one more
@@ -225,7 +222,7 @@ fn fwd<T: WithDType>(g: &Geom, act: FusedActivation, x: &[T], w: &[T], b: Option
     y
 }
 
-fn grad_x<T: WithDType>(g: &Geom, gy: &[T], w: &[T]) -> Vec<T> {
+fn grad_x<T: ConvFloat>(g: &Geom, gy: &[T], w: &[T]) -> Vec<T> {
     let (xl, yl) = (g.x_len(), g.y_len());
     let mut dx = vec![T::zero(); g.n * xl];
     over_images(g, &mut dx, xl, |n, dxn, scratch, par| {
@@ -234,7 +231,7 @@ fn grad_x<T: WithDType>(g: &Geom, gy: &[T], w: &[T]) -> Vec<T> {
     dx
 }
 
-fn grad_w<T: WithDType>(g: &Geom, x: &[T], gy: &[T]) -> Vec<T> {
+fn grad_w<T: ConvFloat>(g: &Geom, x: &[T], gy: &[T]) -> Vec<T> {
     let (xl, yl, wl) = (g.x_len(), g.y_len(), g.cout() * g.col_rows());
     let image = |n: usize, dw: &mut Vec<T>, scratch: &mut Vec<T>, par| {
         let xg = (&x[n * xl..(n + 1) * xl], &gy[n * yl..(n + 1) * yl]);
@@ -244,22 +241,21 @@ fn grad_w<T: WithDType>(g: &Geom, x: &[T], gy: &[T]) -> Vec<T> {
         let partial = (0..g.n)
             .into_par_iter()
             .fold(
-                || (vec![T::zero(); wl], Vec::new()),
-                |(mut dw, mut scratch), n| {
-                    image(n, &mut dw, &mut scratch, Parallelism::None);
-                    (dw, scratch)
+                || vec![T::zero(); wl],
+                |mut dw, n| {
+                    T::with_scratch(|s| image(n, &mut dw, s, Parallelism::None));
+                    dw
                 },
             )
-            .map(|(dw, _)| dw)
             .reduce_with(|mut a, b| {
                 a.iter_mut().zip(&b).for_each(|(a, b)| *a += *b);
                 a
             });
         partial.unwrap_or_else(|| vec![T::zero(); wl])
     } else {
-        let (mut dw, mut scratch) = (vec![T::zero(); wl], Vec::new());
+        let mut dw = vec![T::zero(); wl];
         for n in 0..g.n {
-            image(n, &mut dw, &mut scratch, Parallelism::Rayon(0));
+            T::with_scratch(|s| image(n, &mut dw, s, Parallelism::Rayon(0)));
         }
         dw
     }

@@ -9,7 +9,40 @@
 use super::conv2d::{FusedActivation, Geom};
 use candle_core::WithDType;
 pub(super) use gemm::Parallelism;
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
+
+/// Element types with a per-thread im2col buffer that outlives each call, so that the buffer
+/// is neither reallocated nor refilled for every image and layer.
+pub(super) trait ConvFloat: WithDType {
+    /// Runs `f` with this thread's buffer (a fresh one if the thread's is already in use, as
+    /// when a rayon worker waiting inside gemm picks up another convolution's image).
+    fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R;
+}
+
+thread_local! {
+    static SCRATCH_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH_F64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+}
+
+fn borrow_or_fresh<T, R>(cell: &RefCell<Vec<T>>, f: impl FnOnce(&mut Vec<T>) -> R) -> R {
+    match cell.try_borrow_mut() {
+        Ok(mut v) => f(&mut v),
+        Err(_) => f(&mut Vec::new()),
+    }
+}
+
+impl ConvFloat for f32 {
+    fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R {
+        SCRATCH_F32.with(|c| borrow_or_fresh(c, f))
+    }
+}
+
+impl ConvFloat for f64 {
+    fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R {
+        SCRATCH_F64.with(|c| borrow_or_fresh(c, f))
+    }
+}
 
 /// A read-only matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
@@ -222,9 +255,12 @@ fn columns<'a, T: WithDType>(
     if g.is_pointwise() {
         return x;
     }
-    scratch.resize(g.col_len(), T::zero());
-    im2col(g, x, scratch);
-    scratch
+    if scratch.len() < g.col_len() {
+        scratch.resize(g.col_len(), T::zero());
+    }
+    let col = &mut scratch[..g.col_len()];
+    im2col(g, x, col);
+    col
 }
 
 /// The `(lo, hi)` clamp of a fused activation (`None` when there is nothing to clamp).
@@ -332,10 +368,13 @@ pub(super) fn grad_x_image<T: WithDType>(
         if g.is_pointwise() {
             matmul(dxg, wt, gy, false, par);
         } else {
-            scratch.resize(g.col_len(), T::zero());
-            matmul(scratch, wt, gy, false, par);
+            if scratch.len() < g.col_len() {
+                scratch.resize(g.col_len(), T::zero());
+            }
+            let dcol = &mut scratch[..g.col_len()];
+            matmul(dcol, wt, gy, false, par);
             dxg.fill(T::zero());
-            col2im_add(g, scratch, dxg);
+            col2im_add(g, dcol, dxg);
         }
     }
 }
