@@ -18,7 +18,8 @@ Peers (each one quantization per child process, timed and measured there):
   * NNCF (ONNX backend): nncf.quantize, default preset (fast bias
     correction), and with full bias correction (fast_bias_correction=False);
   * amct: `amct run` of a fuse + quantize recipe with several settings
-    (fresh cache dir and --no-cache, so the time includes all the work).
+    (fresh cache dir and --no-cache, so the time includes all the work);
+    "w:uint8" stores the weights as uint8 with zero point 128.
 
 For each result: the metric (the produced deploy / QDQ model run in
 onnxruntime with all graph optimizations), the quantization time (in-process
@@ -417,6 +418,8 @@ def amct_recipe(model: Path, calib: Path, batch_size: int, setting: dict) -> str
     act = {"algo": setting["act"], "symmetric": False, "type": setting.get("type", "uint8")}
     wt = {"algo": setting.get("w", "minmax"), "per_channel": True, "bits": 8,
           "bias_correction": setting.get("bc", False)}
+    if "wtype" in setting:  # only when asked: older amct binaries reject the key
+        wt["type"] = setting["wtype"]
     if "ada" in setting:
         wt["rounding"] = "adaround"
         if setting["ada"]:
@@ -496,6 +499,7 @@ def main() -> int:
         {"act": "minmax"}, {"act": "percentile"}, {"act": "entropy"}, {"act": "mse"},
         {"act": "ifmr"}, {"act": "hfmg"}, {"act": "hfmg", "type": "int8"}, {"act": "hfmg", "w": "mse"},
         {"act": "hfmg", "bc": True}, {"act": "hfmg", "eq": "cle"}, {"act": "hfmg", "eq": "cle", "bc": True},
+        {"act": "hfmg", "wtype": "uint8"}, {"act": "hfmg", "bc": True, "wtype": "uint8"},
         {"act": "hfmg", "ada": {}, "only": ["mnist_cnn"]},
     ]
     if q:
@@ -598,6 +602,7 @@ def main() -> int:
                     continue
                 label = f"a={s['act']} w={s.get('w', 'minmax')}" + (" +bc" if s.get("bc") else "") + \
                         (f" {s['type']}" if s.get("type") else "") + \
+                        (f" w:{s['wtype']}" if s.get("wtype") else "") + \
                         (f" +{s['eq']}" if s.get("eq") else "") + (" +adaround" if "ada" in s else "")
                 d = mw / f"amct_{len(rows)}"
                 d.mkdir()

@@ -2,13 +2,14 @@
 //! MNIST CNN (Relu folded into layer outputs, MaxPool sharing its input's
 //! parameters), fake-quant and deploy models computing the same outputs in
 //! amct's executor, a 3.5x smaller deploy model, the record's contents, the
-//! bundled recipe end to end, and located recipe errors for quantize keys.
+//! bundled recipe end to end, located recipe errors for quantize keys, and
+//! uint8 weight storage (zero point 128) computing what int8 computes.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use amct::exec::{ExecOptions, Executor, Value};
-use amct::graph::DType;
+use amct::graph::{DType, Model};
 use amct::onnx::load_model;
 use amct::quant::{QdqForm, Quantizer};
 use amct::recipe::{load_recipe, QuantizeParams, StageParams};
@@ -265,6 +266,20 @@ fn quantize_recipe_errors_are_located() {
         "wieght",
     );
     assert_error(
+        "weight-type",
+        "weight = { type = \"uint4\" }",
+        16,
+        19,
+        "unknown variant",
+    );
+    assert_error(
+        "layer-weight-type",
+        "[stages.quantize.types.Gemm]\nweight = { type = \"int16\" }",
+        17,
+        19,
+        "unknown variant",
+    );
+    assert_error(
         "rollback",
         "rollback = { metric = \"cosine\", tolerance = 2.0 }",
         16,
@@ -317,4 +332,133 @@ fn adaround_through_the_recipe_never_loses_to_nearest() {
         improved >= 3,
         "adaround improved only {improved} of 5 layers"
     );
+}
+
+/// Fake-quant and deploy models of the MNIST CNN calibrated on one batch.
+fn build_both(tag: &str, extra: &str) -> (amct::quant::Built, amct::quant::Built) {
+    let model = load_model(&root().join("models/mnist_cnn.onnx")).expect("model");
+    let mut q = Quantizer::new(model, quantize_params(tag, extra)).expect("quantizer");
+    let exec = Executor::new(&q.float, ExecOptions::default()).expect("executor");
+    let feeds = HashMap::from([("input".to_string(), digits())]);
+    q.calibrator
+        .observe_batch(&exec, &feeds)
+        .expect("calibrate");
+    q.finish_calibration();
+    let fake = q.build(&BTreeSet::new(), QdqForm::FakeQuant).expect("fake");
+    let deploy = q.build(&BTreeSet::new(), QdqForm::Deploy).expect("deploy");
+    (fake, deploy)
+}
+
+/// Per layer: the type of the weight tensor read by its DequantizeLinear
+/// and that DQ's zero point (type and values).
+fn weight_storage(m: &Model, layer: &str) -> (DType, DType, Vec<i64>) {
+    let node = m.graph.nodes.iter().find(|n| n.name == layer).unwrap();
+    let dq = m
+        .graph
+        .nodes
+        .iter()
+        .find(|n| n.op_type == "DequantizeLinear" && n.outputs[0] == node.inputs[1])
+        .unwrap_or_else(|| panic!("{layer}: no DequantizeLinear on the weight"));
+    let zp = &m.graph.initializers[&dq.inputs[2]];
+    let scale = &m.graph.initializers[&dq.inputs[1]];
+    assert_eq!(zp.dims, scale.dims, "{layer}: zero point and scale shapes");
+    let stored = match m.graph.initializers.get(&dq.inputs[0]) {
+        Some(t) => t.dtype,
+        None => {
+            // Fake-quant: the QuantizeLinear feeding the DQ has the same zero point.
+            let q = m
+                .graph
+                .nodes
+                .iter()
+                .find(|n| n.outputs[0] == dq.inputs[0])
+                .unwrap();
+            assert_eq!(q.op_type, "QuantizeLinear");
+            assert_eq!(q.inputs[2], dq.inputs[2]);
+            DType::F32
+        }
+    };
+    (
+        stored,
+        zp.dtype,
+        zp.to_i64_vec().expect("zero point values"),
+    )
+}
+
+#[test]
+fn uint8_weights_compute_what_int8_weights_compute() {
+    let (fake8, deploy8) = build_both("w-int8", "weight = { bias_correction = true }");
+    let (fake_u8, deploy_u8) = build_both(
+        "w-uint8",
+        "weight = { bias_correction = true, type = \"uint8\" }",
+    );
+    let x = digits();
+    let reference = run(&fake8.model, &x);
+    assert_eq!(run(&deploy8.model, &x), reference);
+    assert_eq!(run(&fake_u8.model, &x), reference, "uint8 fake-quant");
+    assert_eq!(run(&deploy_u8.model, &x), reference, "uint8 deploy");
+    for layer in &deploy_u8.plan.layers {
+        let (stored, zp_type, zp) = weight_storage(&deploy_u8.model, &layer.name);
+        assert_eq!((stored, zp_type), (DType::U8, DType::U8), "{}", layer.name);
+        assert!(
+            zp.len() > 1 && zp.iter().all(|&z| z == 128),
+            "{}",
+            layer.name
+        );
+        let (_, zp_type, zp) = weight_storage(&fake_u8.model, &layer.name);
+        assert_eq!(zp_type, DType::U8);
+        assert!(zp.iter().all(|&z| z == 128));
+        let (stored, zp_type, zp) = weight_storage(&deploy8.model, &layer.name);
+        assert_eq!((stored, zp_type), (DType::I8, DType::I8));
+        assert!(zp.iter().all(|&z| z == 0));
+    }
+    // Same scales and the same integers, shifted by 128.
+    for (a, b) in deploy8.weights.iter().zip(&deploy_u8.weights) {
+        assert_eq!(a.params, b.params);
+        assert_eq!(a.values, b.values);
+    }
+    assert!(deploy_u8
+        .model
+        .graph
+        .initializers
+        .values()
+        .all(|t| t.dtype != DType::I8));
+    let record = amct::quant::record::quant_record(
+        &deploy_u8.plan,
+        &deploy_u8.acts,
+        &deploy_u8.ranges,
+        &deploy_u8.weights,
+        None,
+    );
+    for (name, l) in record["layers"].as_object().unwrap() {
+        assert_eq!(l["weight"]["type"], "uint8", "{name}");
+        let zp = l["weight"]["zero_point"].as_array().unwrap();
+        assert!(zp.iter().all(|z| z == 128), "{name}");
+    }
+}
+
+#[test]
+fn weight_type_overrides_per_type_and_per_layer() {
+    let extra = "weight = { type = \"uint8\" }\n\n\
+                 [stages.quantize.types.Gemm]\nweight = { type = \"int8\" }\n\n\
+                 [stages.quantize.layers.fc2]\nweight = { type = \"uint8\", bits = 8 }\n\n\
+                 [stages.quantize.layers.conv2]\nweight = { type = \"int8\" }";
+    let params = quantize_params("w-override", extra);
+    let (_, deploy) = build_both("w-override", extra);
+    let want = [
+        ("conv1", DType::U8),
+        ("conv2", DType::I8),
+        ("conv3", DType::U8),
+        ("fc1", DType::I8),
+        ("fc2", DType::U8),
+    ];
+    for (layer, dtype) in want {
+        let (stored, zp_type, zp) = weight_storage(&deploy.model, layer);
+        assert_eq!((stored, zp_type), (dtype, dtype), "{layer}");
+        let z = if dtype == DType::U8 { 128 } else { 0 };
+        assert!(zp.iter().all(|&v| v == z), "{layer}: {zp:?}");
+    }
+    // The per-type override keeps the stage's other weight settings.
+    assert_eq!(params.types["Gemm"].weight.bits, 8);
+    let (fake, _) = build_both("w-int8-ref", "");
+    assert_eq!(run(&deploy.model, &digits()), run(&fake.model, &digits()));
 }

@@ -216,6 +216,7 @@ mod tests {
         let cfg = WeightConfig {
             algo: WeightAlgo::Minmax,
             bits: 4,
+            dtype: crate::recipe::WeightType::Int8,
             per_channel: true,
             bias_correction: false,
             rounding: crate::recipe::Rounding::Adaround,

@@ -1,7 +1,8 @@
 //! Writes a quantization plan into the graph as QuantizeLinear /
 //! DequantizeLinear pairs: the fake-quant form keeps float weights behind
-//! Q -> DQ, the deploy form stores int8 weights and int32 biases behind DQ
-//! (the QDQ form onnxruntime and TensorRT fuse into integer kernels).
+//! Q -> DQ, the deploy form stores int8 (or uint8, zero point 128) weights
+//! and int32 biases behind DQ (the QDQ form onnxruntime and TensorRT fuse
+//! into integer kernels).
 
 use std::collections::BTreeMap;
 
@@ -57,7 +58,8 @@ pub fn write_qdq(
             w_name,
             qw.params.len(),
             qw.axis.is_some(),
-            qw.grid,
+            qw.stored_zero_point(),
+            qw.storage,
         )?;
         let dq_out = names.fresh(&format!("{w_name}_dequantized"));
         let source = match form {
@@ -75,9 +77,10 @@ pub fn write_qdq(
             QdqForm::Deploy => {
                 let name = names.fresh(&format!("{w_name}_quantized"));
                 let dims = qw.dims.iter().map(|&d| d as i64).collect();
+                let values = qw.stored_values();
                 m.graph
                     .initializers
-                    .insert(name.clone(), int_tensor(&name, dims, &qw.values, qw.grid)?);
+                    .insert(name.clone(), int_tensor(&name, dims, &values, qw.storage)?);
                 name
             }
         };
@@ -257,16 +260,23 @@ fn scale_tensor(
     Tensor::from_f32(name, dims, scales)
 }
 
+/// A weight's zero point, `value` for every channel, in the storage type.
 fn zero_point_tensor(
     names: &mut NameGen,
     base: &str,
     n: usize,
     vector: bool,
-    grid: IntGrid,
+    value: i32,
+    storage: IntGrid,
 ) -> Result<Tensor, GraphError> {
     let name = names.fresh(&format!("{base}_zero_point"));
     let dims = if vector { vec![n as i64] } else { vec![] };
-    int_tensor(&name, dims, &vec![0; if vector { n } else { 1 }], grid)
+    int_tensor(
+        &name,
+        dims,
+        &vec![value; if vector { n } else { 1 }],
+        storage,
+    )
 }
 
 /// An int8 or uint8 tensor (the grid's storage type) from values.

@@ -44,10 +44,11 @@ pub fn quant_record(
                 "input": layer.activation,
                 "weight": {
                     "bits": w.grid.bits,
+                    "type": if w.storage.signed { "int8" } else { "uint8" },
                     "axis": w.axis,
                     "algo": layer.config.weight.algo,
                     "scale": w.scales(),
-                    "zero_point": vec![0; w.params.len()],
+                    "zero_point": vec![w.stored_zero_point(); w.params.len()],
                 },
                 "bias_correction": layer.config.weight.bias_correction,
             }),

@@ -1,9 +1,10 @@
 //! Weight quantization, done offline: symmetric scales per output channel
 //! (or per tensor), by the largest magnitude or by a clip search for the
 //! least squared error, and bias correction from input channel means.
+//! The integers are stored as int8, or as uint8 shifted by 128.
 
 use super::qparams::{IntGrid, QParams};
-use crate::recipe::{WeightAlgo, WeightConfig};
+use crate::recipe::{WeightAlgo, WeightConfig, WeightType};
 
 /// A quantized weight tensor.
 #[derive(Debug, Clone)]
@@ -11,9 +12,15 @@ pub struct QuantWeight {
     pub dims: Vec<usize>,
     /// Channel axis of the scales, `None` for one scale.
     pub axis: Option<usize>,
+    /// Scales, zero point 0: the symmetric integers of `grid`.
     pub params: Vec<QParams>,
     pub values: Vec<i32>,
+    /// The grid the integers are chosen on (signed, `bits` wide).
     pub grid: IntGrid,
+    /// The 8-bit type the integers are stored as: int8 as they are, or
+    /// uint8 shifted by 128 (zero point 128), which represents the same
+    /// real values.
+    pub storage: IntGrid,
 }
 
 impl QuantWeight {
@@ -38,6 +45,21 @@ impl QuantWeight {
 
     pub fn scales(&self) -> Vec<f32> {
         self.params.iter().map(|p| p.scale).collect()
+    }
+
+    /// Zero point of the stored integers: 0 for int8, 128 for uint8.
+    pub fn stored_zero_point(&self) -> i32 {
+        if self.storage.signed {
+            0
+        } else {
+            128
+        }
+    }
+
+    /// The integers as stored (`values` plus the stored zero point).
+    pub fn stored_values(&self) -> Vec<i32> {
+        let z = self.stored_zero_point();
+        self.values.iter().map(|&q| q + z).collect()
     }
 }
 
@@ -101,6 +123,10 @@ pub fn quantize_weight(
         params,
         values: q,
         grid,
+        storage: match cfg.dtype {
+            WeightType::Int8 => IntGrid::INT8,
+            WeightType::Uint8 => IntGrid::UINT8,
+        },
     }
 }
 
@@ -168,6 +194,7 @@ mod tests {
         WeightConfig {
             algo,
             bits,
+            dtype: WeightType::Int8,
             per_channel,
             bias_correction: false,
             rounding: crate::recipe::Rounding::Nearest,
@@ -192,6 +219,28 @@ mod tests {
         let t = quantize_weight(&w, &[2, 3], Some(0), &cfg(WeightAlgo::Minmax, false, 8));
         assert_eq!(t.params.len(), 1);
         assert_eq!(t.axis, None);
+    }
+
+    #[test]
+    fn uint8_storage_shifts_the_same_integers_by_128() {
+        let w = [0.5, -1.0, 0.25, 100.0, -50.0, 10.0];
+        for bits in [8, 4] {
+            let int8 = quantize_weight(&w, &[2, 3], Some(0), &cfg(WeightAlgo::Mse, true, bits));
+            let mut c = cfg(WeightAlgo::Mse, true, bits);
+            c.dtype = WeightType::Uint8;
+            let uint8 = quantize_weight(&w, &[2, 3], Some(0), &c);
+            assert_eq!(int8.stored_zero_point(), 0);
+            assert_eq!(int8.stored_values(), int8.values);
+            assert_eq!(uint8.storage, IntGrid::UINT8);
+            assert_eq!(uint8.stored_zero_point(), 128);
+            assert_eq!(uint8.params, int8.params);
+            assert_eq!(uint8.values, int8.values);
+            assert_eq!(uint8.dequantized(), int8.dequantized());
+            let stored = uint8.stored_values();
+            assert!(stored.iter().all(|v| (0..=255).contains(v)), "{stored:?}");
+            assert_eq!(stored[1], int8.values[1] + 128);
+            assert!(int8.values[1] < 0 && stored[1] < 128);
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub use overrides::parse_override;
 pub use quantize::{
     ActivationAlgo, ActivationConfig, ActivationType, AdaRoundConfig, EqualizeConfig,
     EqualizeMethod, LayerConfig, QuantizeParams, RollbackConfig, RollbackMetric, Rounding,
-    WeightAlgo, WeightConfig, DEFAULT_OPS,
+    WeightAlgo, WeightConfig, WeightType, DEFAULT_OPS,
 };
 pub use schema::{ModelSection, RecipeMeta};
 pub use source::RecipeSource;

@@ -39,6 +39,17 @@ pub enum WeightAlgo {
     Mse,
 }
 
+/// Storage type of quantized weights. `Uint8` keeps the same symmetric
+/// integers and stores them shifted by 128 (zero point 128): the same real
+/// values, but onnxruntime then runs its u8u8 kernels, which do not
+/// saturate on AVX2 CPUs without VNNI (see docs/quantize.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightType {
+    Int8,
+    Uint8,
+}
+
 /// Integer type of quantized activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -78,6 +89,9 @@ pub struct WeightConfig {
     /// 4 to 8.
     #[serde(default = "default_bits")]
     pub bits: u32,
+    /// Storage type: `int8` (zero point 0) or `uint8` (zero point 128).
+    #[serde(default = "default_weight_type", rename = "type")]
+    pub dtype: WeightType,
     #[serde(default = "yes")]
     pub per_channel: bool,
     /// Adds the expected output shift caused by weight rounding back to the bias.
@@ -430,6 +444,9 @@ fn default_batches() -> usize {
 }
 fn default_bits() -> u32 {
     8
+}
+fn default_weight_type() -> WeightType {
+    WeightType::Int8
 }
 fn default_activation_algo() -> ActivationAlgo {
     ActivationAlgo::Hfmg
