@@ -466,6 +466,8 @@ def main() -> int:
                     help="16 calibration / 32 evaluation images for the 224x224 models, 2000 MNIST "
                          "test images, fewer settings")
     ap.add_argument("--tools", nargs="+", default=["ort", "nncf", "amct"])
+    ap.add_argument("--img-eval", type=int, default=None,
+                    help="evaluation images for the 224x224 models (default 128, --quick 32)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "ptq_compare")
     ap.add_argument("--results", type=Path, default=ROOT / "benches" / "results" / "ptq_compare",
                     help="writes RESULTS.md and RESULTS.json")
@@ -483,7 +485,7 @@ def main() -> int:
         sys.exit(f"no amct binary at {amct} (cargo build --release, or --amct PATH)")
     q = args.quick
     cfg = {"mnist_calib": 128, "mnist_eval": 2000 if q else 10000, "mnist_batch": 32,
-           "img_calib": 16 if q else 64, "img_eval": 32 if q else 128, "img_batch": 16,
+           "img_calib": 16 if q else 64, "img_eval": args.img_eval or (32 if q else 128), "img_batch": 16,
            "lat_rounds": 3 if q else 4, "lat_iters": 3}
     ort_methods = ["MinMax"] if q else ["MinMax", "Entropy", "Percentile"]
     nncf_settings = [

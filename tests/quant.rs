@@ -332,6 +332,39 @@ fn adaround_through_the_recipe_never_loses_to_nearest() {
         improved >= 3,
         "adaround improved only {improved} of 5 layers"
     );
+    // The learned rounding reaches the fake-quant model too, not only the deploy model.
+    let x = digits();
+    let load = |f: &str| load_model(&out.join("quantize").join(f)).expect(f);
+    let (f, d) = (
+        run(&load("fake_quant.onnx"), &x),
+        run(&load("deploy.onnx"), &x),
+    );
+    assert_eq!(
+        max_abs_diff(&f, &d),
+        0.0,
+        "fake-quant and deploy differ after AdaRound"
+    );
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn fake_quant_keeps_the_offline_integers_below_8_bits() {
+    let x = digits();
+    for (tag, extra) in [
+        ("bits4mse", "weight = { bits = 4, algo = \"mse\" }"),
+        ("bits5", "weight = { bits = 5 }"),
+    ] {
+        let (fake, deploy) = build_both(tag, extra);
+        let d = max_abs_diff(&run(&fake.model, &x), &run(&deploy.model, &x));
+        assert_eq!(d, 0.0, "{extra}: fake-quant and deploy differ by {d}");
+    }
 }
 
 /// Fake-quant and deploy models of the MNIST CNN calibrated on one batch.

@@ -64,11 +64,20 @@ pub fn write_qdq(
         let dq_out = names.fresh(&format!("{w_name}_dequantized"));
         let source = match form {
             QdqForm::FakeQuant => {
+                // QuantizeLinear reads the dequantized weights, so that it reproduces exactly
+                // the integers chosen offline (AdaRound's rounding, a clip below the int8
+                // range at fewer bits) rather than re-rounding the float weights to nearest.
+                let rounded = names.fresh(&format!("{w_name}_rounded"));
+                let dims = qw.dims.iter().map(|&d| d as i64).collect();
+                m.graph.initializers.insert(
+                    rounded.clone(),
+                    Tensor::from_f32(&rounded, dims, &qw.dequantized())?,
+                );
                 let q_out = names.fresh(&format!("{w_name}_quantized"));
                 new_nodes.push(qdq_node(
                     &mut names,
                     "QuantizeLinear",
-                    [w_name, &w_scale.name, &w_zp.name],
+                    [&rounded, &w_scale.name, &w_zp.name],
                     &q_out,
                     axis,
                 ));
