@@ -4,6 +4,7 @@
 //! executor), `inspect` (model statistics); the binary in `main.rs` wires
 //! them to the command line.
 
+pub mod bench;
 pub mod data;
 pub mod exec;
 pub mod graph;

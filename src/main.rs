@@ -5,11 +5,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+use amct::bench::Timing;
 use amct::exec::{self, ExecOptions, Executor, Value};
 use amct::graph::{Dim, Model};
 use amct::onnx::{self as onnx_io, ExportOptions};
@@ -111,6 +111,21 @@ enum Command {
         #[arg(long)]
         no_fuse: bool,
     },
+    /// Measure training steps (forward with batch statistics, cross-entropy on random
+    /// labels, backward, SGD with momentum) in images/s on random inputs; prints JSON.
+    BenchTrain {
+        model: PathBuf,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value_t = 0.01)]
+        lr: f64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -203,7 +218,33 @@ fn run(cli: Cli) -> Result<()> {
             warmup,
             device,
             no_fuse,
-        } => bench_forward(&model, (batch, iters, warmup), &device, !no_fuse),
+        } => bench_forward(
+            &model,
+            Timing {
+                batch,
+                iters,
+                warmup,
+            },
+            &device,
+            !no_fuse,
+        ),
+        Command::BenchTrain {
+            model,
+            batch,
+            iters,
+            warmup,
+            device,
+            lr,
+        } => bench_train(
+            &model,
+            Timing {
+                batch,
+                iters,
+                warmup,
+            },
+            &device,
+            lr,
+        ),
     }
 }
 
@@ -431,55 +472,20 @@ fn convert(input: &Path, output: &Path, external_data: bool, fuse: bool) -> Resu
     Ok(())
 }
 
-fn bench_forward(
-    path: &Path,
-    (batch, iters, warmup): (usize, usize, usize),
-    device: &str,
-    fuse: bool,
-) -> Result<()> {
-    let mut model = load(path)?;
-    if fuse {
-        model = amct::passes::fuse_pipeline(&model, &amct::passes::FuseOptions::default())?.0;
-    }
+fn bench_forward(path: &Path, t: Timing, device: &str, fuse: bool) -> Result<()> {
     let device = exec::parse_device(device)?;
-    let options = ExecOptions::inference(&device);
-    let mut feeds = HashMap::new();
-    for input in &model.graph.inputs {
-        let shape: Vec<usize> = input
-            .shape
-            .as_ref()
-            .with_context(|| format!("input '{}' has no shape", input.name))?
-            .iter()
-            .enumerate()
-            .map(|(i, d)| match d {
-                Dim::Known(v) => *v as usize,
-                _ if i == 0 => batch,
-                _ => 1,
-            })
-            .collect();
-        let t = candle_core::Tensor::randn(0f32, 1f32, shape, &device)?;
-        feeds.insert(
-            input.name.clone(),
-            Value::new(t, input.dtype.unwrap_or(amct::graph::DType::F32)),
-        );
-    }
-    let executor = Executor::new(&model, options)?;
-    for _ in 0..warmup {
-        executor.run(&feeds)?;
-    }
-    let start = Instant::now();
-    for _ in 0..iters {
-        let outs = executor.run(&feeds)?;
-        // Force completion on asynchronous devices.
-        for o in outs {
-            o.tensor.to_device(&candle_core::Device::Cpu)?;
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let images = (iters * batch) as f64;
     println!(
         "{}",
-        serde_json::json!({ "images_per_s": images / secs, "seconds": secs, "iters": iters, "batch": batch })
+        amct::bench::bench_forward(&load(path)?, t, &device, fuse)?
+    );
+    Ok(())
+}
+
+fn bench_train(path: &Path, t: Timing, device: &str, lr: f64) -> Result<()> {
+    let device = exec::parse_device(device)?;
+    println!(
+        "{}",
+        amct::bench::bench_train(&load(path)?, t, &device, lr)?
     );
     Ok(())
 }

@@ -37,6 +37,7 @@ fn check(label: &str, model: &Model, gap: f64, seed: u64) {
             device: Device::Cpu,
             float: CDType::F64,
             track_params: true,
+            train: false,
         },
     )
     .expect("executor");
@@ -366,6 +367,25 @@ fn normalization() {
         |_| {},
     );
     check("batchnorm", &model, 0.0, 9);
+    // Batch statistics (training_mode = 1): the gradient flows through the mean and variance.
+    let bn_params = |rng: &mut _| {
+        vec![
+            random_init(rng, "s", &[3], 0.0),
+            random_init(rng, "b", &[3], 0.0),
+            random_init(rng, "m", &[3], 0.0),
+            IrTensor::from_f32("v", vec![3], &[0.5, 1.5, 2.0]).unwrap(),
+        ]
+    };
+    let model = single_op_model(
+        "BatchNormalization",
+        &[("x", &[4, 3, 3, 3])],
+        bn_params(&mut rng),
+        &["x", "s", "b", "m", "v"],
+        1,
+        15,
+        |n| n.set_int("training_mode", 1),
+    );
+    check("batchnorm training", &model, 0.0, 11);
     let scale = random_init(&mut rng, "s", &[6], 0.0);
     let bias = random_init(&mut rng, "b", &[6], 0.0);
     let model = single_op_model(

@@ -22,6 +22,9 @@ pub struct ExecOptions {
     /// inference-only passes (calibration, eval, infer): with it on, every
     /// intermediate value stays alive until the run ends.
     pub track_params: bool,
+    /// Training mode: BatchNormalization uses the statistics of the batch it
+    /// normalizes (as in a training step) instead of its running statistics.
+    pub train: bool,
 }
 
 impl ExecOptions {
@@ -31,6 +34,7 @@ impl ExecOptions {
             device: device.clone(),
             float: CDType::F32,
             track_params: false,
+            train: false,
         }
     }
 }
@@ -41,6 +45,7 @@ impl Default for ExecOptions {
             device: Device::Cpu,
             float: CDType::F32,
             track_params: true,
+            train: false,
         }
     }
 }
@@ -227,6 +232,7 @@ impl Executor {
                 device: &self.options.device,
                 float: self.options.float,
                 activation: fused.map_or(FusedActivation::None, |f| f.activation),
+                train: self.options.train,
             };
             let outs = ops::run(&ctx).map_err(|e| with_node(e, node))?;
             let names = match fused {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType as CDType, Storage, Tensor};
 
-use super::observer::Observer;
+use super::observer::{Histograms, Observer};
 use crate::exec::{ExecError, Executor, Value};
 
 /// What to record for one tensor.
@@ -14,6 +14,7 @@ use crate::exec::{ExecError, Executor, Value};
 pub struct Watch {
     pub bins: usize,
     pub channel_means: bool,
+    pub histograms: Histograms,
 }
 
 /// Observers of the watched tensors, filled batch by batch.
@@ -27,7 +28,10 @@ impl Calibrator {
         Calibrator {
             observers: watch
                 .iter()
-                .map(|(name, w)| (name.clone(), Observer::new(w.bins, w.channel_means)))
+                .map(|(name, w)| {
+                    let obs = Observer::filling(w.bins, w.channel_means, w.histograms);
+                    (name.clone(), obs)
+                })
                 .collect(),
             batches: 0,
         }

@@ -1,7 +1,90 @@
 //! A fixed-size histogram whose range grows as values arrive: when a batch
 //! falls outside it, the bins are widened by an integer factor and old
 //! counts are merged exactly (no interpolation), so calibration memory is
-//! the bin count, never the activations.
+//! the bin count, never the activations. Counting runs on every thread.
+
+use rayon::prelude::*;
+
+/// Where a value falls: bin `((v - lo) * inv)` clamped to `0..bins` (`bins == 0`: not
+/// counted). Computed in f32, which moves a value by at most a rounding step at a bin edge.
+#[derive(Debug, Clone, Copy)]
+struct Binning {
+    lo: f32,
+    inv: f32,
+    bins: usize,
+}
+
+impl Binning {
+    const NONE: Binning = Binning {
+        lo: 0.0,
+        inv: 0.0,
+        bins: 0,
+    };
+
+    #[inline(always)]
+    fn index(&self, v: f32) -> usize {
+        let top = (self.bins - 1) as f32;
+        ((v - self.lo) * self.inv).clamp(0.0, top) as usize
+    }
+}
+
+/// Values per rayon task when counting.
+const COUNT_CHUNK: usize = 1 << 16;
+
+/// Interleaved counters per histogram: consecutive values often land in the same bin, and
+/// separate counters keep those increments from waiting on one another.
+const LANES: usize = 4;
+
+/// Adds the bins of `chunk` (mapped by `f`) to `lanes` (`LANES` counter arrays of `b.bins`).
+#[inline(always)]
+fn count_into(lanes: &mut [u32], b: Binning, chunk: &[f32], f: impl Fn(f32) -> f32) {
+    let n = b.bins;
+    let mut quads = chunk.chunks_exact(LANES);
+    for q in &mut quads {
+        for (lane, &v) in q.iter().enumerate() {
+            lanes[lane * n + b.index(f(v))] += 1;
+        }
+    }
+    for &v in quads.remainder() {
+        lanes[b.index(f(v))] += 1;
+    }
+}
+
+/// Bin counts of the values (first binning) and of their magnitudes (second), counted on
+/// all threads in chunks with integer counters, then summed.
+fn count_bins(values: &[f32], binnings: [Binning; 2]) -> [Vec<u32>; 2] {
+    let [signed, magnitude] = binnings;
+    let zero = || {
+        [
+            vec![0u32; LANES * signed.bins],
+            vec![0u32; LANES * magnitude.bins],
+        ]
+    };
+    let lanes = values
+        .par_chunks(COUNT_CHUNK)
+        .fold(zero, |mut acc, chunk| {
+            let [s, m] = &mut acc;
+            if signed.bins > 0 {
+                count_into(s, signed, chunk, |v| v);
+            }
+            if magnitude.bins > 0 {
+                count_into(m, magnitude, chunk, f32::abs);
+            }
+            acc
+        })
+        .reduce(zero, |mut a, b| {
+            for (x, y) in a.iter_mut().zip(b) {
+                x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
+            }
+            a
+        });
+    lanes.map(|l| {
+        let n = l.len() / LANES;
+        (0..n)
+            .map(|i| (0..LANES).map(|k| l[k * n + i]).sum())
+            .collect()
+    })
+}
 
 /// Counts of values over `[lo, lo + width * bins.len())`.
 #[derive(Debug, Clone)]
@@ -60,12 +143,8 @@ impl Histogram {
             return;
         }
         self.cover(min as f64, max as f64);
-        let n = self.counts.len();
-        let inv = 1.0 / self.width;
-        for &v in values {
-            let i = ((v as f64 - self.lo) * inv) as isize;
-            self.counts[i.clamp(0, n as isize - 1) as usize] += 1.0;
-        }
+        let counts = count_bins(values, [self.binning(), Binning::NONE]);
+        self.merge(&counts[0]);
     }
 
     /// Adds the magnitudes |v| of values whose largest magnitude is `amax`.
@@ -74,11 +153,54 @@ impl Histogram {
             return;
         }
         self.cover(0.0, amax as f64);
-        let n = self.counts.len();
-        let inv = 1.0 / self.width;
-        for &v in values {
-            let i = ((v.abs() as f64 - self.lo) * inv) as isize;
-            self.counts[i.clamp(0, n as isize - 1) as usize] += 1.0;
+        let counts = count_bins(values, [Binning::NONE, self.binning()]);
+        self.merge(&counts[1]);
+    }
+
+    /// Adds values to `signed` and their magnitudes to `magnitude` (either may be absent) in
+    /// one pass over memory (`min`, `max` and `amax`: the values' extremes and largest
+    /// magnitude).
+    pub fn add_both(
+        mut signed: Option<&mut Histogram>,
+        mut magnitude: Option<&mut Histogram>,
+        values: &[f32],
+        (min, max, amax): (f32, f32, f32),
+    ) {
+        if values.is_empty() || !min.is_finite() || !max.is_finite() || !amax.is_finite() {
+            return;
+        }
+        let mut binnings = [Binning::NONE; 2];
+        if let Some(h) = signed.as_deref_mut() {
+            h.cover(min as f64, max as f64);
+            binnings[0] = h.binning();
+        }
+        if let Some(h) = magnitude.as_deref_mut() {
+            h.cover(0.0, amax as f64);
+            binnings[1] = h.binning();
+        }
+        if binnings.iter().all(|b| b.bins == 0) {
+            return;
+        }
+        let counts = count_bins(values, binnings);
+        if let Some(h) = signed {
+            h.merge(&counts[0]);
+        }
+        if let Some(h) = magnitude {
+            h.merge(&counts[1]);
+        }
+    }
+
+    fn binning(&self) -> Binning {
+        Binning {
+            lo: self.lo as f32,
+            inv: (1.0 / self.width) as f32,
+            bins: self.counts.len(),
+        }
+    }
+
+    fn merge(&mut self, counts: &[u32]) {
+        for (c, &k) in self.counts.iter_mut().zip(counts) {
+            *c += k as f64;
         }
     }
 

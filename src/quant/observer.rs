@@ -2,6 +2,8 @@
 //! batches: extremes, a signed and a magnitude histogram (bounded memory),
 //! and optionally per-channel means (axis 1) for bias correction.
 
+use rayon::prelude::*;
+
 use super::histogram::Histogram;
 
 #[derive(Debug, Clone)]
@@ -13,11 +15,34 @@ pub struct Observer {
     /// Sum over batches of each channel's values and the element count per channel.
     channel_sums: Option<(Vec<f64>, f64)>,
     pub batches: usize,
+    /// Which histograms are filled: the range search of the tensor's algorithm reads only
+    /// these (`range_search::histograms_needed`), and counting is most of calibration's time.
+    fill: Histograms,
+}
+
+/// Which of an observer's two histograms to fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Histograms {
+    pub signed: bool,
+    pub magnitude: bool,
+}
+
+impl Histograms {
+    pub const BOTH: Histograms = Histograms {
+        signed: true,
+        magnitude: true,
+    };
 }
 
 impl Observer {
     pub fn new(bins: usize, channel_means: bool) -> Self {
+        Self::filling(bins, channel_means, Histograms::BOTH)
+    }
+
+    /// An observer that fills only the histograms in `fill`.
+    pub fn filling(bins: usize, channel_means: bool, fill: Histograms) -> Self {
         Observer {
+            fill,
             min: f32::INFINITY,
             max: f32::NEG_INFINITY,
             signed: Histogram::new(bins),
@@ -32,16 +57,13 @@ impl Observer {
         if values.is_empty() {
             return;
         }
-        let (mut lo, mut hi, mut amax) = (f32::INFINITY, f32::NEG_INFINITY, 0f32);
-        for &v in values {
-            lo = lo.min(v);
-            hi = hi.max(v);
-        }
-        amax = amax.max(lo.abs()).max(hi.abs());
+        let (lo, hi) = extremes(values);
+        let amax = lo.abs().max(hi.abs());
         self.min = self.min.min(lo);
         self.max = self.max.max(hi);
-        self.signed.add(values, lo, hi);
-        self.magnitude.add_magnitudes(values, amax);
+        let signed = self.fill.signed.then_some(&mut self.signed);
+        let magnitude = self.fill.magnitude.then_some(&mut self.magnitude);
+        Histogram::add_both(signed, magnitude, values, (lo, hi, amax));
         if let Some((sums, count)) = &mut self.channel_sums {
             if dims.len() >= 2 {
                 let c = dims[1];
@@ -69,6 +91,19 @@ impl Observer {
     pub fn seen(&self) -> bool {
         self.batches > 0
     }
+}
+
+/// Smallest and largest value, on every thread.
+fn extremes(values: &[f32]) -> (f32, f32) {
+    let none = || (f32::INFINITY, f32::NEG_INFINITY);
+    values
+        .par_chunks(1 << 16)
+        .fold(none, |(lo, hi), chunk| {
+            chunk
+                .iter()
+                .fold((lo, hi), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+        })
+        .reduce(none, |a, b| (a.0.min(b.0), a.1.max(b.1)))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use super::plan::{plan, QuantPlan, WeightLayer};
 use super::qdq::{write_qdq, ActQuant, QdqForm};
 use super::qparams::{IntGrid, QParams};
 use super::range_search::choose_range;
+use super::range_search::histograms_needed;
 use super::weights::{bias_shift, quantize_weight, QuantWeight};
 use crate::graph::{GraphError, Model, Tensor};
 use crate::recipe::{ActivationConfig, ActivationType, QuantizeParams};
@@ -69,6 +70,7 @@ impl Quantizer {
                 let w = Watch {
                     bins: c.activation.bins,
                     channel_means: false,
+                    histograms: histograms_needed(&c.activation),
                 };
                 (t.clone(), w)
             })
@@ -81,6 +83,7 @@ impl Quantizer {
             let entry = watch.entry(layer.activation.clone()).or_insert(Watch {
                 bins: layer.config.activation.bins,
                 channel_means: true,
+                histograms: histograms_needed(&layer.config.activation),
             });
             entry.channel_means = true;
         }

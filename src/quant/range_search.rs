@@ -3,15 +3,32 @@
 //! histograms, so every search costs bins, not activations.
 
 use super::histogram::Histogram;
-use super::observer::Observer;
+use super::observer::{Histograms, Observer};
 use super::qparams::IntGrid;
 use crate::recipe::{ActivationAlgo, ActivationConfig};
+
+/// The histograms [`choose_range`] reads for `cfg` (calibration fills only these).
+pub fn histograms_needed(cfg: &ActivationConfig) -> Histograms {
+    let (signed, magnitude) = match (cfg.algo, cfg.symmetric) {
+        (ActivationAlgo::Minmax, _) => (false, false),
+        (ActivationAlgo::Percentile, true) | (ActivationAlgo::Entropy, _) => (false, true),
+        (ActivationAlgo::Percentile, false) | (ActivationAlgo::Mse, _) => (true, false),
+        (ActivationAlgo::Ifmr, false) | (ActivationAlgo::Hfmg, _) => (true, false),
+        (ActivationAlgo::Ifmr, true) => (true, true),
+    };
+    Histograms { signed, magnitude }
+}
 
 /// The float range `[lo, hi]` to quantize the observed tensor over.
 pub fn choose_range(obs: &Observer, cfg: &ActivationConfig, grid: IntGrid) -> (f64, f64) {
     let (min, max) = (obs.min.min(0.0) as f64, obs.max.max(0.0) as f64);
     if !(obs.seen() && min.is_finite() && max.is_finite()) || max - min == 0.0 {
         return (min.min(0.0), max.max(0.0));
+    }
+    let need = histograms_needed(cfg);
+    if need.signed && obs.signed.total() == 0.0 || need.magnitude && obs.magnitude.total() == 0.0 {
+        // Observed for another algorithm, without the histogram this one searches.
+        return (min, max);
     }
     let steps = grid_steps(grid, cfg.symmetric);
     let p = cfg.percentile / 100.0;

@@ -20,6 +20,8 @@ pub struct OpCtx<'a> {
     /// An activation the op applies to its output (a `Conv` fused with its `Relu`/`Clip`
     /// reader by the executor); `None` for every other op.
     pub activation: FusedActivation,
+    /// Training executor: BatchNormalization normalizes with the batch's statistics.
+    pub train: bool,
 }
 
 impl<'a> OpCtx<'a> {

@@ -1,5 +1,5 @@
-//! BatchNormalization (inference form, running statistics) and
-//! LayerNormalization (over the trailing axes from `axis`).
+//! BatchNormalization (running statistics, or the batch's own statistics in a
+//! training executor) and LayerNormalization (over the trailing axes from `axis`).
 
 use candle_core::Tensor;
 
@@ -8,10 +8,7 @@ use crate::exec::error::Result;
 use crate::exec::Value;
 use crate::graph::Node;
 
-pub fn check_batch_norm(node: &Node) -> std::result::Result<(), String> {
-    if node.int_or("training_mode", 0) != 0 {
-        return Err("training_mode=1 (batch statistics) in an inference graph".into());
-    }
+pub fn check_batch_norm(_node: &Node) -> std::result::Result<(), String> {
     Ok(())
 }
 
@@ -37,18 +34,35 @@ pub fn batch_norm(ctx: &OpCtx) -> Result<Vec<Value>> {
         }
         Ok(t.reshape(shape.as_slice())?)
     };
-    let (scale, bias, mean, var) = (
-        per_channel(1)?,
-        per_channel(2)?,
-        per_channel(3)?,
-        per_channel(4)?,
-    );
+    let (scale, bias) = (per_channel(1)?, per_channel(2)?);
+    // `training_mode = 1` (opset 14+) asks for batch statistics and the updated running ones.
+    let training_mode = ctx.node.int_or("training_mode", 0) != 0;
+    let mut extra = Vec::new();
+    let (mean, var) = if ctx.train || training_mode {
+        // Batch statistics over every axis but the channel one (biased variance).
+        let axes: Vec<usize> = (0..rank).filter(|&a| a != 1).collect();
+        let mean = x.mean_keepdim(axes.clone())?;
+        let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim(axes)?;
+        if training_mode && ctx.node.outputs.len() > 1 {
+            let momentum = ctx.node.float_or("momentum", 0.9) as f64;
+            for (i, batch) in [(3, &mean), (4, &var)] {
+                let running = (ctx.float_tensor(i)?.flatten_all()? * momentum)?;
+                let current = (batch.flatten_all()?.detach() * (1.0 - momentum))?;
+                extra.push(Value::new((running + current)?, xv.dtype));
+            }
+        }
+        (mean, var)
+    } else {
+        (per_channel(3)?, per_channel(4)?)
+    };
     let inv_std = (var + eps)?.sqrt()?.recip()?;
     let y = x
         .broadcast_sub(&mean)?
         .broadcast_mul(&inv_std.broadcast_mul(&scale)?)?
         .broadcast_add(&bias)?;
-    Ok(vec![Value::new(y, xv.dtype)])
+    let mut outs = vec![Value::new(y, xv.dtype)];
+    outs.extend(extra);
+    Ok(outs)
 }
 
 pub fn layer_norm(ctx: &OpCtx) -> Result<Vec<Value>> {
@@ -109,4 +123,45 @@ pub fn lrn(ctx: &OpCtx) -> Result<Vec<Value>> {
     }
     let denom = window.affine(alpha / size as f64, bias)?.powf(beta)?;
     Ok(vec![Value::new((x / denom)?, xv.dtype)])
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::exec::ops::op_test_util::{f32s, f32v, run_node};
+    use crate::graph::Node;
+
+    #[test]
+    fn training_mode_normalizes_with_batch_statistics_and_updates_running_ones() {
+        // Two channels, batch 2, 2 values each: channel 0 = [1, 3, 5, 7], channel 1 = [2, 4, 2, 4].
+        let x = f32v(&[2, 2, 1, 2], &[1.0, 3.0, 2.0, 4.0, 5.0, 7.0, 2.0, 4.0]);
+        let (s, b) = (f32v(&[2], &[2.0, 1.0]), f32v(&[2], &[0.5, -1.0]));
+        let (m, v) = (f32v(&[2], &[0.0, 10.0]), f32v(&[2], &[1.0, 1.0]));
+        let mut node = Node::new(
+            "bn",
+            "BatchNormalization",
+            &["x", "s", "b", "m", "v"],
+            &["y", "rm", "rv"],
+        );
+        node.set_int("training_mode", 1);
+        node.set_float("momentum", 0.75);
+        node.set_float("epsilon", 0.0);
+        let outs = run_node(
+            &node,
+            15,
+            &[("x", &x), ("s", &s), ("b", &b), ("m", &m), ("v", &v)],
+        )
+        .unwrap();
+        // Channel 0: mean 4, variance 5; channel 1: mean 3, variance 1.
+        let y = f32s(&outs[0]);
+        let z = |v: f32| 2.0 * (v - 4.0) / 5f32.sqrt() + 0.5;
+        let want = [z(1.0), z(3.0), -2.0, 0.0, z(5.0), z(7.0), -2.0, 0.0];
+        for (g, w) in y.iter().zip(want) {
+            assert!((g - w).abs() < 1e-5, "{y:?} vs {want:?}");
+        }
+        assert_eq!(
+            f32s(&outs[1]),
+            vec![0.75 * 0.0 + 0.25 * 4.0, 0.75 * 10.0 + 0.25 * 3.0]
+        );
+        assert_eq!(f32s(&outs[2]), vec![0.75 + 0.25 * 5.0, 0.75 + 0.25 * 1.0]);
+    }
 }

@@ -137,6 +137,7 @@ pub fn grad_check(node: &Node, opset: i64, feeds: &[(&str, &Value)], wrt: &str) 
             device: Device::Cpu,
             float: CDType::F64,
             track_params: true,
+            train: false,
         },
     )
     .unwrap();

@@ -1,0 +1,152 @@
+//! The `bench-forward` and `bench-train` subcommands: time the executor on random inputs
+//! for the benchmark scripts in `benches/`, which compare the figures with onnxruntime and
+//! PyTorch run on the same model in the same script.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType as CDType, Device, Tensor, Var};
+
+use crate::exec::{ExecOptions, Executor, Value};
+use crate::graph::{DType, Dim, Model};
+
+/// Iteration counts of a timing loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub batch: usize,
+    pub iters: usize,
+    pub warmup: usize,
+}
+
+/// Random normal feeds for every graph input, with `batch` for the first unknown axis.
+fn random_feeds(model: &Model, batch: usize, device: &Device) -> Result<HashMap<String, Value>> {
+    let mut feeds = HashMap::new();
+    for input in &model.graph.inputs {
+        let shape: Vec<usize> = input
+            .shape
+            .as_ref()
+            .with_context(|| format!("input '{}' has no shape", input.name))?
+            .iter()
+            .enumerate()
+            .map(|(i, d)| match d {
+                Dim::Known(v) => *v as usize,
+                _ if i == 0 => batch,
+                _ => 1,
+            })
+            .collect();
+        let t = Tensor::randn(0f32, 1f32, shape, device)?;
+        let dtype = input.dtype.unwrap_or(DType::F32);
+        feeds.insert(input.name.clone(), Value::new(t, dtype));
+    }
+    Ok(feeds)
+}
+
+/// Forward passes per second, as JSON `{"images_per_s": ..}`. With `fuse`, the exact rewrites
+/// (BatchNorm folding, constant folding) run first, as onnxruntime's default optimizations do.
+pub fn bench_forward(model: &Model, t: Timing, device: &Device, fuse: bool) -> Result<String> {
+    let fused;
+    let model = if fuse {
+        fused = crate::passes::fuse_pipeline(model, &crate::passes::FuseOptions::default())?.0;
+        &fused
+    } else {
+        model
+    };
+    let feeds = random_feeds(model, t.batch, device)?;
+    let executor = Executor::new(model, ExecOptions::inference(device))?;
+    for _ in 0..t.warmup {
+        executor.run(&feeds)?;
+    }
+    let start = Instant::now();
+    for _ in 0..t.iters {
+        for o in executor.run(&feeds)? {
+            // Forces completion on asynchronous devices.
+            o.tensor.to_device(&Device::Cpu)?;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let images = (t.iters * t.batch) as f64;
+    Ok(serde_json::json!({
+        "images_per_s": images / secs, "seconds": secs, "iters": t.iters, "batch": t.batch
+    })
+    .to_string())
+}
+
+/// SGD with momentum, PyTorch's form: `v = mu * v + g; w -= lr * v`.
+struct Sgd {
+    lr: f64,
+    momentum: f64,
+    velocity: HashMap<String, Tensor>,
+}
+
+impl Sgd {
+    fn step(
+        &mut self,
+        params: &[(String, Var)],
+        grads: &candle_core::backprop::GradStore,
+    ) -> Result<()> {
+        for (name, var) in params {
+            let Some(g) = grads.get(var) else { continue };
+            let v = match self.velocity.get(name) {
+                Some(v) => ((v * self.momentum)? + g)?,
+                None => g.clone(),
+            };
+            var.set(&(var.as_tensor() - (&v * self.lr)?)?)?;
+            self.velocity.insert(name.clone(), v);
+        }
+        Ok(())
+    }
+}
+
+/// Training steps per second (forward in training mode, softmax cross-entropy on random
+/// labels, backward, SGD with momentum 0.9) on the model's first output `[N, classes]`;
+/// prints JSON `{"images_per_s": .., "loss_first": .., "loss_last": ..}`.
+pub fn bench_train(model: &Model, t: Timing, device: &Device, lr: f64) -> Result<String> {
+    let options = ExecOptions {
+        device: device.clone(),
+        float: CDType::F32,
+        track_params: true,
+        train: true,
+    };
+    let executor = Executor::new(model, options)?;
+    let feeds = random_feeds(model, t.batch, device)?;
+    let classes = match model.graph.outputs.first().and_then(|o| o.shape.as_deref()) {
+        Some([_, Dim::Known(c)]) => *c as usize,
+        _ => bail!("the first graph output must have shape [N, classes] with known classes"),
+    };
+    let labels: Vec<u32> = (0..t.batch).map(|i| (i * 7919 % classes) as u32).collect();
+    let labels = Tensor::new(labels.as_slice(), device)?;
+    let params: Vec<(String, Var)> = executor
+        .params()
+        .map(|(n, v)| (n.to_string(), v.clone()))
+        .collect();
+    let mut sgd = Sgd {
+        lr,
+        momentum: 0.9,
+        velocity: HashMap::new(),
+    };
+    let mut step = || -> Result<f32> {
+        let logits = executor.run(&feeds)?.remove(0).tensor;
+        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+        let grads = loss.backward()?;
+        sgd.step(&params, &grads)?;
+        Ok(loss.to_scalar::<f32>()?)
+    };
+    let mut first = None;
+    for _ in 0..t.warmup {
+        first.get_or_insert(step()?);
+    }
+    let start = Instant::now();
+    let mut last = 0.0;
+    for _ in 0..t.iters {
+        last = step()?;
+        first.get_or_insert(last);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let images = (t.iters * t.batch) as f64;
+    Ok(serde_json::json!({
+        "images_per_s": images / secs, "seconds": secs, "iters": t.iters, "batch": t.batch,
+        "params": params.len(), "loss_first": first, "loss_last": last
+    })
+    .to_string())
+}
