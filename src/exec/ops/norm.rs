@@ -1,7 +1,9 @@
 //! BatchNormalization (running statistics, or the batch's own statistics in a
 //! training executor) and LayerNormalization (over the trailing axes from `axis`).
 
-use candle_core::Tensor;
+use candle_core::{DType as CDType, Tensor};
+
+use crate::exec::kernels::batch_norm::batch_norm_train;
 
 use super::OpCtx;
 use crate::exec::error::Result;
@@ -37,31 +39,43 @@ pub fn batch_norm(ctx: &OpCtx) -> Result<Vec<Value>> {
     let (scale, bias) = (per_channel(1)?, per_channel(2)?);
     // `training_mode = 1` (opset 14+) asks for batch statistics and the updated running ones.
     let training_mode = ctx.node.int_or("training_mode", 0) != 0;
-    let mut extra = Vec::new();
-    let (mean, var) = if ctx.train || training_mode {
-        // Batch statistics over every axis but the channel one (biased variance).
+    if !(ctx.train || training_mode) {
+        let (mean, var) = (per_channel(3)?, per_channel(4)?);
+        let inv_std = (var + eps)?.sqrt()?.recip()?;
+        let y = x
+            .broadcast_sub(&mean)?
+            .broadcast_mul(&inv_std.broadcast_mul(&scale)?)?
+            .broadcast_add(&bias)?;
+        return Ok(vec![Value::new(y, xv.dtype)]);
+    }
+    // Batch statistics over every axis but the channel one (biased variance).
+    let (y, mean, var) = if x.device().is_cpu() && matches!(x.dtype(), CDType::F32 | CDType::F64) {
+        batch_norm_train(
+            &x,
+            &scale.to_dtype(x.dtype())?,
+            &bias.to_dtype(x.dtype())?,
+            eps,
+        )?
+    } else {
         let axes: Vec<usize> = (0..rank).filter(|&a| a != 1).collect();
         let mean = x.mean_keepdim(axes.clone())?;
         let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim(axes)?;
-        if training_mode && ctx.node.outputs.len() > 1 {
-            let momentum = ctx.node.float_or("momentum", 0.9) as f64;
-            for (i, batch) in [(3, &mean), (4, &var)] {
-                let running = (ctx.float_tensor(i)?.flatten_all()? * momentum)?;
-                let current = (batch.flatten_all()?.detach() * (1.0 - momentum))?;
-                extra.push(Value::new((running + current)?, xv.dtype));
-            }
-        }
-        (mean, var)
-    } else {
-        (per_channel(3)?, per_channel(4)?)
+        let inv_std = (&var + eps)?.sqrt()?.recip()?;
+        let y = x
+            .broadcast_sub(&mean)?
+            .broadcast_mul(&inv_std.broadcast_mul(&scale)?)?
+            .broadcast_add(&bias)?;
+        (y, mean.flatten_all()?.detach(), var.flatten_all()?.detach())
     };
-    let inv_std = (var + eps)?.sqrt()?.recip()?;
-    let y = x
-        .broadcast_sub(&mean)?
-        .broadcast_mul(&inv_std.broadcast_mul(&scale)?)?
-        .broadcast_add(&bias)?;
     let mut outs = vec![Value::new(y, xv.dtype)];
-    outs.extend(extra);
+    if training_mode && ctx.node.outputs.len() > 1 {
+        let momentum = ctx.node.float_or("momentum", 0.9) as f64;
+        for (i, batch) in [(3, &mean), (4, &var)] {
+            let running = (ctx.float_tensor(i)?.flatten_all()? * momentum)?;
+            let current = (batch.to_dtype(running.dtype())? * (1.0 - momentum))?;
+            outs.push(Value::new((running + current)?, xv.dtype));
+        }
+    }
     Ok(outs)
 }
 

@@ -1,0 +1,324 @@
+//! BatchNormalization with batch statistics (training) as a CPU candle custom op, forward and
+//! backward, for `x: [N, C, ...]` (f32/f64): two passes over memory forward (statistics, then
+//! `y = a_c * x + b_c`) and two backward, where candle's generic reductions over non-trailing
+//! axes made a training step's BatchNorm cost more than its convolutions.
+//!
+//! Statistics are accumulated in f64 per channel (parallel over channels); the element-wise
+//! passes run in parallel over `[n, c]` planes. Backward, with `xh = (x - mean) * inv_std` and
+//! `M` values per channel: `dbeta = sum(gy)`, `dgamma = sum(gy * xh)`,
+//! `dx = gamma * inv_std / M * (M * gy - dbeta - xh * dgamma)`.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
+};
+use rayon::prelude::*;
+
+/// `(y, batch mean, batch variance)` of BatchNormalization in training mode; `y` is
+/// differentiable in `x`, `gamma` and `beta`, the statistics are detached (biased variance).
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let ops = [x, gamma, beta];
+    if ops
+        .iter()
+        .any(|t| !t.device().is_cpu() || t.dtype() != x.dtype())
+        || !matches!(x.dtype(), DType::F32 | DType::F64)
+    {
+        bail!("batch_norm_train: f32 or f64 CPU operands of one dtype")
+    }
+    let shape = Planes::of(x.dims())?;
+    if gamma.elem_count() != shape.c || beta.elem_count() != shape.c {
+        bail!(
+            "batch_norm_train: scale and bias need {} elements (input {:?})",
+            shape.c,
+            x.dims()
+        )
+    }
+    let (x, gamma, beta) = (
+        x.contiguous()?,
+        gamma.flatten_all()?.contiguous()?,
+        beta.flatten_all()?.contiguous()?,
+    );
+    let y = x.apply_op3(&gamma, &beta, BnTrain { eps })?;
+    let stats = x.detach().apply_op1_no_bwd(&BnStats)?;
+    Ok((y, stats.get(0)?, stats.get(1)?))
+}
+
+/// `x: [N, C, rest..]` seen as `N * C` planes of `inner` values.
+#[derive(Clone, Copy)]
+struct Planes {
+    c: usize,
+    inner: usize,
+    count: usize,
+}
+
+impl Planes {
+    fn of(dims: &[usize]) -> Result<Self> {
+        if dims.len() < 2 || dims[1] == 0 {
+            bail!("batch_norm_train: input {dims:?} has no channel axis")
+        }
+        let inner = dims[2..].iter().product();
+        Ok(Planes {
+            c: dims[1],
+            inner,
+            count: dims[0] * dims[1],
+        })
+    }
+
+    /// Values per channel.
+    fn m(&self) -> usize {
+        self.count / self.c * self.inner
+    }
+}
+
+/// For each channel, the sum of `f(plane)` over the planes of that channel.
+fn per_channel(p: Planes, f: impl Fn(usize) -> f64 + Sync) -> Vec<f64> {
+    (0..p.c)
+        .into_par_iter()
+        .map(|c| (c..p.count).step_by(p.c).map(&f).sum())
+        .collect()
+}
+
+/// Mean and (biased) variance of each channel.
+fn moments<T: WithDType>(p: Planes, x: &[T]) -> (Vec<f64>, Vec<f64>) {
+    let plane = |i: usize| &x[i * p.inner..(i + 1) * p.inner];
+    let m = p.m().max(1) as f64;
+    let sums = per_channel(p, |i| plane(i).iter().map(|v| v.to_f64()).sum());
+    let mean: Vec<f64> = sums.into_iter().map(|s| s / m).collect();
+    let squares = per_channel(p, |i| {
+        let mu = mean[i % p.c];
+        plane(i).iter().map(|v| (v.to_f64() - mu).powi(2)).sum()
+    });
+    (mean, squares.into_iter().map(|s| s / m).collect())
+}
+
+/// Mean and inverse standard deviation of each channel.
+fn stats<T: WithDType>(p: Planes, x: &[T], eps: f64) -> (Vec<f64>, Vec<f64>) {
+    let (mean, var) = moments(p, x);
+    (mean, var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect())
+}
+
+/// `out[plane i] = a[c] * x + b[c]` for every plane, in parallel.
+fn affine<T: WithDType>(p: Planes, x: &[T], a: &[f64], b: &[f64]) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(p.inner.max(1))
+        .zip(x.par_chunks(p.inner.max(1)))
+        .enumerate()
+        .for_each(|(i, (o, x))| {
+            let (a, b) = (T::from_f64(a[i % p.c]), T::from_f64(b[i % p.c]));
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = a * x + b;
+            }
+        });
+    out
+}
+
+fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&T::cpu_storage_as_slice(s)?[a..b]),
+        None => bail!("batch_norm_train: operand is not contiguous"),
+    }
+}
+
+fn fwd<T: WithDType>(x: &[T], gamma: &[T], beta: &[T], p: Planes, eps: f64) -> Vec<T> {
+    let (mean, inv_std) = stats(p, x, eps);
+    let a: Vec<f64> = (0..p.c).map(|c| gamma[c].to_f64() * inv_std[c]).collect();
+    let b: Vec<f64> = (0..p.c)
+        .map(|c| beta[c].to_f64() - mean[c] * a[c])
+        .collect();
+    affine(p, x, &a, &b)
+}
+
+/// `(dgamma, dbeta)` as sums over each channel, with the statistics of `x`.
+fn param_grads<T: WithDType>(
+    x: &[T],
+    gy: &[T],
+    p: Planes,
+    eps: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mean, inv_std) = stats(p, x, eps);
+    let plane = |s: &[T], i: usize| -> Vec<f64> {
+        s[i * p.inner..(i + 1) * p.inner]
+            .iter()
+            .map(|v| v.to_f64())
+            .collect()
+    };
+    let dbeta = per_channel(p, |i| plane(gy, i).iter().sum());
+    let dgamma = per_channel(p, |i| {
+        let (mu, is) = (mean[i % p.c], inv_std[i % p.c]);
+        plane(x, i)
+            .iter()
+            .zip(plane(gy, i))
+            .map(|(x, g)| (x - mu) * is * g)
+            .sum()
+    });
+    (dgamma, dbeta, mean, inv_std)
+}
+
+fn dx<T: WithDType>(x: &[T], gamma: &[T], gy: &[T], p: Planes, eps: f64) -> Vec<T> {
+    let (dgamma, dbeta, mean, inv_std) = param_grads(x, gy, p, eps);
+    let m = p.m().max(1) as f64;
+    // dx = k * (gy - dbeta / M - xh * dgamma / M), k = gamma * inv_std, xh = (x - mean) * inv_std
+    let mut out = vec![T::zero(); x.len()];
+    let chunk = p.inner.max(1);
+    out.par_chunks_mut(chunk).enumerate().for_each(|(i, o)| {
+        let c = i % p.c;
+        let k = gamma[c].to_f64() * inv_std[c];
+        let (shift, slope) = (dbeta[c] / m, dgamma[c] / m * inv_std[c]);
+        let (xs, gs) = (
+            &x[i * chunk..(i + 1) * chunk],
+            &gy[i * chunk..(i + 1) * chunk],
+        );
+        for ((o, x), g) in o.iter_mut().zip(xs).zip(gs) {
+            *o = T::from_f64(k * (g.to_f64() - shift - (x.to_f64() - mean[c]) * slope));
+        }
+    });
+    out
+}
+
+macro_rules! dispatch {
+    ($s:expr, |$t:ident| $body:expr) => {
+        match $s {
+            CpuStorage::F32(_) => {
+                type $t = f32;
+                CpuStorage::F32($body)
+            }
+            CpuStorage::F64(_) => {
+                type $t = f64;
+                CpuStorage::F64($body)
+            }
+            other => bail!(
+                "batch_norm_train: f32 or f64 operands, got {:?}",
+                other.dtype()
+            ),
+        }
+    };
+}
+
+/// `(x, gamma, beta) -> y`.
+struct BnTrain {
+    eps: f64,
+}
+
+impl CustomOp3 for BnTrain {
+    fn name(&self) -> &'static str {
+        "amct-batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let p = Planes::of(l1.dims())?;
+        let out = dispatch!(s1, |T| fwd::<T>(
+            slice(s1, l1)?,
+            slice(s2, l2)?,
+            slice(s3, l3)?,
+            p,
+            self.eps
+        ));
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _y: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let gy = gy.contiguous()?;
+        let dx = x.apply_op3_no_bwd(gamma, &gy, &BnGradX { eps: self.eps })?;
+        let params = x.apply_op2_no_bwd(&gy, &BnGradParams { eps: self.eps })?;
+        Ok((Some(dx), Some(params.get(0)?), Some(params.get(1)?)))
+    }
+}
+
+/// `(x, gamma, gy) -> dx`.
+struct BnGradX {
+    eps: f64,
+}
+
+impl CustomOp3 for BnGradX {
+    fn name(&self) -> &'static str {
+        "amct-batch-norm-train-grad-x"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let p = Planes::of(l1.dims())?;
+        let out = dispatch!(s1, |T| dx::<T>(
+            slice(s1, l1)?,
+            slice(s2, l2)?,
+            slice(s3, l3)?,
+            p,
+            self.eps
+        ));
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// `(x, gy) -> [[dgamma..], [dbeta..]]`.
+struct BnGradParams {
+    eps: f64,
+}
+
+impl CustomOp2 for BnGradParams {
+    fn name(&self) -> &'static str {
+        "amct-batch-norm-train-grad-params"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let p = Planes::of(l1.dims())?;
+        let out = dispatch!(s1, |T| {
+            let (dg, db, _, _) = param_grads::<T>(slice(s1, l1)?, slice(s2, l2)?, p, self.eps);
+            dg.into_iter().chain(db).map(T::from_f64).collect()
+        });
+        Ok((out, Shape::from((2, p.c))))
+    }
+}
+
+/// `x -> [[mean..], [variance..]]` (biased), not differentiated.
+struct BnStats;
+
+impl candle_core::CustomOp1 for BnStats {
+    fn name(&self) -> &'static str {
+        "amct-batch-norm-stats"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let p = Planes::of(l.dims())?;
+        let out = dispatch!(s, |T| {
+            let (mean, var) = moments::<T>(p, slice(s, l)?);
+            mean.into_iter().chain(var).map(T::from_f64).collect()
+        });
+        Ok((out, Shape::from((2, p.c))))
+    }
+}
+
+#[cfg(test)]
+#[path = "batch_norm_tests.rs"]
+mod tests;
