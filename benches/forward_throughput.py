@@ -3,8 +3,10 @@
 fixtures at batch 8.  Builds nothing: needs AMCT_BIN (a release binary) and
 the generated fixtures (AMCT_FIXTURES, default tests/fixtures/gen).  amct is
 timed by its own `bench-forward` subcommand (prints {"images_per_s": x});
-onnxruntime in-process (default session options, intra_op threads = 2) with
-the same warmup (1) and iteration count.  Prints a markdown table.
+onnxruntime in a child Python process (default session options, intra_op
+threads = 2) with the same warmup (1) and iteration count. Each tool runs in
+its own process, so the peak resident memory of each (from wait4) is
+reported too. Prints a markdown table.
 Usage: AMCT_BIN=target/release/amct .venv/bin/python benches/forward_throughput.py [--iters N]
 """
 from __future__ import annotations
@@ -24,12 +26,34 @@ ROOT = Path(__file__).resolve().parents[1]
 BATCH, WARMUP = 8, 1
 
 
-def amct_ips(amct: str, model: Path, iters: int) -> float:
-    cmd = [amct, "bench-forward", str(model), "--batch", str(BATCH), "--iters", str(iters), "--warmup", str(WARMUP)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+def run_measured(cmd: list[str]) -> tuple[dict, float]:
+    """Runs `cmd` (prints one JSON object); returns it and the child's own peak RSS in MiB."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        sys.exit(f"`{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stderr}")
-    return float(json.loads(proc.stdout)["images_per_s"])
+        sys.exit(f"`{' '.join(cmd)}` failed ({proc.returncode}):\n{err}")
+    return json.loads(out), usage.ru_maxrss / 1024
+
+
+def amct_ips(amct: str, model: Path, iters: int) -> tuple[float, float]:
+    cmd = [amct, "bench-forward", str(model), "--batch", str(BATCH), "--iters", str(iters), "--warmup", str(WARMUP)]
+    r, rss = run_measured(cmd)
+    return float(r["images_per_s"]), rss
+
+
+def ort_worker(model: str, npz: str, iters: int) -> int:
+    with np.load(npz) as z:
+        feeds = {k: z[k] for k in z.files}
+    print(json.dumps({"images_per_s": ort_ips(Path(model), feeds, iters)}))
+    return 0
+
+
+def ort_child(model: Path, npz: Path, iters: int) -> tuple[float, float]:
+    r, rss = run_measured([sys.executable, __file__, "--ort-worker", str(model), str(npz), str(iters)])
+    return float(r["images_per_s"]), rss
 
 
 def ort_ips(model: Path, feeds: dict, iters: int) -> float:
@@ -48,22 +72,25 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--models", nargs="+", default=["resnet50", "mobilenetv2"])
+    ap.add_argument("--ort-worker", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.ort_worker:
+        model, npz, iters = args.ort_worker
+        return ort_worker(model, npz, int(iters))
     amct = os.environ.get("AMCT_BIN")
     if not amct or not Path(amct).is_file():
         sys.exit("set AMCT_BIN to the amct release binary (cargo build --release -> target/release/amct)")
     fixtures = Path(os.environ.get("AMCT_FIXTURES", ROOT / "tests" / "fixtures" / "gen"))
     print(f"batch {BATCH}, {args.iters} iterations after {WARMUP} warmup, onnxruntime {ort.__version__} "
           f"(intra_op threads 2), {os.cpu_count()} CPUs\n")
-    print("| model | amct img/s | ORT img/s | amct/ORT |")
-    print("|---|---:|---:|---:|")
+    print("| model | amct img/s | ORT img/s | amct/ORT | amct peak RSS MiB | ORT peak RSS MiB | amct/ORT memory |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name in args.models:
         model = fixtures / name / "model.onnx"
-        with np.load(fixtures / name / f"in_b{BATCH}.npz") as z:
-            feeds = {k: z[k] for k in z.files}
-        a = amct_ips(amct, model, args.iters)
-        o = ort_ips(model, feeds, args.iters)
-        print(f"| {name} | {a:.2f} | {o:.2f} | {a / o:.2f} |", flush=True)
+        a, a_rss = amct_ips(amct, model, args.iters)
+        o, o_rss = ort_child(model, fixtures / name / f"in_b{BATCH}.npz", args.iters)
+        print(f"| {name} | {a:.2f} | {o:.2f} | {a / o:.2f} | {a_rss:.0f} | {o_rss:.0f} | {a_rss / o_rss:.2f} |",
+              flush=True)
     return 0
 
 
