@@ -3,26 +3,10 @@
 //! schedules, non-contiguous inputs and errors.
 
 use super::*;
+use crate::exec::kernels::test_util::{rel_diff, Lcg};
 use candle_core::{Device, Var};
 
 type Res = anyhow::Result<()>;
-
-/// Small deterministic generator (no `rand` dependency).
-struct Lcg(u64);
-
-impl Lcg {
-    fn vec(&mut self, n: usize) -> Vec<f64> {
-        (0..n)
-            .map(|_| {
-                self.0 = self
-                    .0
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (self.0 >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-            })
-            .collect()
-    }
-}
 
 /// `(x dims [N, C_in, H, W], C_out, KH, KW, params)`.
 type Case = ([usize; 4], usize, usize, usize, Conv2dParams);
@@ -137,18 +121,6 @@ fn candle_ref(x: &Tensor, w: &Tensor, b: &Tensor, p: &Conv2dParams) -> Result<Te
         FusedActivation::Relu => y.relu(),
         FusedActivation::Clip(lo, hi) => y.clamp(lo, hi),
     }
-}
-
-/// Largest `|a - b|`, relative to `max(1, max |b|)`.
-fn rel_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
-    assert_eq!(a.dims(), b.dims());
-    let a = a.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-    let b = b.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-    let scale = b.iter().fold(1f64, |m, v| m.max(v.abs()));
-    Ok(a.iter()
-        .zip(&b)
-        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
-        / scale)
 }
 
 const ACTIVATIONS: [FusedActivation; 3] = [

@@ -5,6 +5,8 @@ pub mod conv2d;
 mod conv2d_gemm;
 pub mod depthwise;
 pub mod pool2d;
+#[cfg(test)]
+mod test_util;
 
 use candle_core::{DType, Result, Tensor};
 use conv2d::FusedActivation;
