@@ -33,7 +33,16 @@ pub fn gemm(ctx: &OpCtx) -> Result<Vec<Value>> {
     }
     let alpha = ctx.node.float_or("alpha", 1.0) as f64;
     let beta = ctx.node.float_or("beta", 1.0) as f64;
-    let mut y = a.contiguous()?.matmul(&b.contiguous()?)?;
+    // In forward-only passes candle multiplies a transposed operand in place (gemm reads it
+    // with swapped strides): copying the transposed weight on every call cost 2.7% of
+    // MobileNetV2's forward pass. With gradients tracked, operands are made contiguous as
+    // before: AdaRound's learned rounding got worse through candle's strided matmul backward.
+    let tracked = a.track_op() || b.track_op();
+    let strided = if tracked { None } else { a.matmul(&b).ok() };
+    let mut y = match strided {
+        Some(y) => y,
+        None => a.contiguous()?.matmul(&b.contiguous()?)?,
+    };
     if alpha != 1.0 {
         y = (y * alpha)?;
     }
@@ -82,5 +91,35 @@ pub fn matmul_numpy(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
         y.squeeze(y.rank() - 1)
     } else {
         Ok(y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::exec::ops::op_test_util::{assert_close, f32s, f32v, run1};
+    use crate::graph::Node;
+
+    /// Gemm with transposed operands (the strided, copy-free path of forward-only runs)
+    /// against the product written out.
+    #[test]
+    fn gemm_with_transposed_operands() {
+        let (m, k, n) = (3, 4, 5);
+        let a: Vec<f32> = (0..k * m).map(|i| (i as f32 * 0.37).sin()).collect(); // [k, m]
+        let b: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.91).cos()).collect(); // [n, k]
+        let mut node = Node::new("g", "Gemm", &["a", "b"], &["y"]);
+        node.set_int("transA", 1);
+        node.set_int("transB", 1);
+        let y = run1(
+            &node,
+            13,
+            &[("a", &f32v(&[k, m], &a)), ("b", &f32v(&[n, k], &b))],
+        );
+        let want: Vec<f32> = (0..m * n)
+            .map(|idx| {
+                let (i, j) = (idx / n, idx % n);
+                (0..k).map(|t| a[t * m + i] * b[j * k + t]).sum()
+            })
+            .collect();
+        assert_close(&f32s(&y), &want, 1e-5);
     }
 }
