@@ -1,6 +1,8 @@
 //! Conv + activation fusion for the executor: a `Conv` whose only reader is a `Relu` or a
 //! `Clip` with constant bounds runs as one kernel call (`kernels::conv2d` applies the
-//! activation while the output is still in cache), and the activation node is skipped.
+//! activation while the output is still in cache), and the activation node is skipped. In
+//! forward-only executors an `Add` (a residual join) fuses with its Relu the same way
+//! (`kernels::add_act`).
 //!
 //! The plan is made once per executor; a run drops a fusion whose intermediate (the Conv's
 //! own output) the caller wants to see or keep, so observers still get every value they ask
@@ -12,7 +14,7 @@ use std::collections::HashMap;
 use crate::exec::kernels::conv2d::FusedActivation;
 use crate::graph::{Model, Node};
 
-/// One Conv node fused with its activation.
+/// One Conv (or Add) node fused with its activation.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct Fusion {
     /// Index (in run order) of the activation node that the Conv absorbs.
@@ -20,7 +22,7 @@ pub(super) struct Fusion {
     pub activation: FusedActivation,
 }
 
-/// For each node in run order, the fusion that starts at it (Conv nodes only).
+/// For each node in run order, the fusion that starts at it (Conv and Add nodes only).
 pub(super) fn plan(model: &Model, nodes: &[Node], trainable: bool) -> Vec<Option<Fusion>> {
     let graph = &model.graph;
     let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -42,11 +44,17 @@ pub(super) fn plan(model: &Model, nodes: &[Node], trainable: bool) -> Vec<Option
     let opset = model.onnx_opset();
     nodes
         .iter()
-        .map(|conv| {
-            if conv.op_type != "Conv" || conv.outputs.len() != 1 {
+        .map(|producer| {
+            let fusable = match producer.op_type.as_str() {
+                "Conv" => true,
+                // Add has no fused backward: forward-only executors only.
+                "Add" => !trainable,
+                _ => false,
+            };
+            if !fusable || producer.outputs.len() != 1 {
                 return None;
             }
-            let out = conv.outputs[0].as_str();
+            let out = producer.outputs[0].as_str();
             let [consumer] = readers.get(out)?.as_slice() else {
                 return None;
             };
@@ -122,6 +130,32 @@ mod tests {
         assert_eq!(fusions(&model("Clip", false), true)[0], None); // bounds are trainable
         assert_eq!(fusions(&model("Relu", true), false)[0], None); // two readers
         assert_eq!(fusions(&model("Sigmoid", false), false)[0], None);
+    }
+
+    #[test]
+    fn residual_add_fuses_with_relu_in_inference_only() {
+        let mut rng = t::Rng::new(5);
+        let inits = vec![t::init(&mut rng, "w", &[3, 3, 1, 1], 0.0)];
+        let nodes = vec![
+            t::node("conv", "Conv", &["x", "w"], &["c"]),
+            t::node("sigmoid", "Sigmoid", &["c"], &["s"]),
+            t::node("add", "Add", &["s", "x"], &["sum"]),
+            t::node("relu", "Relu", &["sum"], &["y"]),
+        ];
+        let m = t::model(nodes, &[("x", &[2, 3, 6, 6])], &["y"], inits, 13);
+        let add = |trainable| fusions(&m, trainable)[2].map(|f| f.activation);
+        assert_eq!(add(false), Some(FusedActivation::Relu));
+        assert_eq!(add(true), None);
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 6, 6), &Device::Cpu).unwrap();
+        let feeds = Map::from([("x".to_string(), Value::new(x, DType::F32))]);
+        let run = |options: ExecOptions| {
+            let exec = Executor::new(&m, options).unwrap();
+            exec.run(&feeds).unwrap().remove(0).tensor
+        };
+        let fused = run(ExecOptions::inference(&Device::Cpu));
+        let plain = run(ExecOptions::default()).detach();
+        let d = (fused - plain).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
     }
 
     #[test]

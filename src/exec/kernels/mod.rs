@@ -1,5 +1,6 @@
 //! amct's own candle custom ops, each with forward and backward.
 
+pub mod add_act;
 pub mod batch_norm;
 pub mod conv2d;
 mod conv2d_gemm;

@@ -6,6 +6,8 @@ use candle_core::{DType as CDType, Tensor};
 
 use super::OpCtx;
 use crate::exec::error::Result;
+use crate::exec::kernels::add_act::add_activate;
+use crate::exec::kernels::conv2d::FusedActivation;
 use crate::exec::Value;
 
 fn binary(
@@ -28,6 +30,20 @@ fn same_storage(ctx: &OpCtx, a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)>
 }
 
 pub fn add(ctx: &OpCtx) -> Result<Vec<Value>> {
+    if ctx.activation != FusedActivation::None {
+        // An Add fused with its Relu/Clip reader by the executor (forward-only runs).
+        let (a, b) = (ctx.input(0)?, ctx.input(1)?);
+        if let Some(y) = add_activate(&a.tensor, &b.tensor, ctx.activation)? {
+            return Ok(vec![Value::new(y, a.dtype)]);
+        }
+        let y = binary(ctx, Tensor::broadcast_add)?.remove(0);
+        let t = match ctx.activation {
+            FusedActivation::Relu => y.tensor.relu()?,
+            FusedActivation::Clip(lo, hi) => y.tensor.clamp(lo, hi)?,
+            FusedActivation::None => y.tensor,
+        };
+        return Ok(vec![Value::new(t, y.dtype)]);
+    }
     binary(ctx, Tensor::broadcast_add)
 }
 
