@@ -5,6 +5,7 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::contiguous_slice;
 use super::conv2d::FusedActivation;
 
 /// `Some(act(a + b))` when both are contiguous-able f32 CPU tensors of the same shape,
@@ -22,14 +23,6 @@ pub fn add_activate(a: &Tensor, b: &Tensor, act: FusedActivation) -> Result<Opti
 
 struct AddAct(FusedActivation);
 
-fn slice<'s>(s: &'s CpuStorage, l: &Layout) -> Result<&'s [f32]> {
-    let all = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((x, y)) => Ok(&all[x..y]),
-        None => candle_core::bail!("add_activate: operand is not contiguous"),
-    }
-}
-
 impl CustomOp2 for AddAct {
     fn name(&self) -> &'static str {
         "amct-add-activate"
@@ -42,12 +35,12 @@ impl CustomOp2 for AddAct {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (lo, hi) = match self.0 {
-            FusedActivation::None => (f32::NEG_INFINITY, f32::INFINITY),
-            FusedActivation::Relu => (0.0, f32::INFINITY),
-            FusedActivation::Clip(lo, hi) => (lo as f32, hi as f32),
-        };
-        let (a, b) = (slice(s1, l1)?, slice(s2, l2)?);
+        let (lo, hi) = self.0.bounds();
+        let (lo, hi) = (lo as f32, hi as f32);
+        let (a, b) = (
+            contiguous_slice::<f32>(s1, l1, "add_activate operand")?,
+            contiguous_slice::<f32>(s2, l2, "add_activate operand")?,
+        );
         let mut out = vec![0f32; a.len()];
         const CHUNK: usize = 1 << 15;
         out.par_chunks_mut(CHUNK)

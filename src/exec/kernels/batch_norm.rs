@@ -14,6 +14,8 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use super::contiguous_slice;
+
 /// `(y, batch mean, batch variance)` of BatchNormalization in training mode; `y` is
 /// differentiable in `x`, `gamma` and `beta`, the statistics are detached (biased variance).
 pub fn batch_norm_train(
@@ -117,13 +119,6 @@ fn affine<T: WithDType>(p: Planes, x: &[T], a: &[f64], b: &[f64]) -> Vec<T> {
     out
 }
 
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&T::cpu_storage_as_slice(s)?[a..b]),
-        None => bail!("batch_norm_train: operand is not contiguous"),
-    }
-}
-
 fn fwd<T: WithDType>(x: &[T], gamma: &[T], beta: &[T], p: Planes, eps: f64) -> Vec<T> {
     let (mean, inv_std) = stats(p, x, eps);
     let a: Vec<f64> = (0..p.c).map(|c| gamma[c].to_f64() * inv_std[c]).collect();
@@ -220,9 +215,9 @@ impl CustomOp3 for BnTrain {
     ) -> Result<(CpuStorage, Shape)> {
         let p = Planes::of(l1.dims())?;
         let out = dispatch!(s1, |T| fwd::<T>(
-            slice(s1, l1)?,
-            slice(s2, l2)?,
-            slice(s3, l3)?,
+            contiguous_slice(s1, l1, "batch_norm_train operand")?,
+            contiguous_slice(s2, l2, "batch_norm_train operand")?,
+            contiguous_slice(s3, l3, "batch_norm_train operand")?,
             p,
             self.eps
         ));
@@ -265,9 +260,9 @@ impl CustomOp3 for BnGradX {
     ) -> Result<(CpuStorage, Shape)> {
         let p = Planes::of(l1.dims())?;
         let out = dispatch!(s1, |T| dx::<T>(
-            slice(s1, l1)?,
-            slice(s2, l2)?,
-            slice(s3, l3)?,
+            contiguous_slice(s1, l1, "batch_norm_train operand")?,
+            contiguous_slice(s2, l2, "batch_norm_train operand")?,
+            contiguous_slice(s3, l3, "batch_norm_train operand")?,
             p,
             self.eps
         ));
@@ -294,7 +289,12 @@ impl CustomOp2 for BnGradParams {
     ) -> Result<(CpuStorage, Shape)> {
         let p = Planes::of(l1.dims())?;
         let out = dispatch!(s1, |T| {
-            let (dg, db, _, _) = param_grads::<T>(slice(s1, l1)?, slice(s2, l2)?, p, self.eps);
+            let (dg, db, _, _) = param_grads::<T>(
+                contiguous_slice(s1, l1, "batch_norm_train operand")?,
+                contiguous_slice(s2, l2, "batch_norm_train operand")?,
+                p,
+                self.eps,
+            );
             dg.into_iter().chain(db).map(T::from_f64).collect()
         });
         Ok((out, Shape::from((2, p.c))))
@@ -312,7 +312,7 @@ impl candle_core::CustomOp1 for BnStats {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let p = Planes::of(l.dims())?;
         let out = dispatch!(s, |T| {
-            let (mean, var) = moments::<T>(p, slice(s, l)?);
+            let (mean, var) = moments::<T>(p, contiguous_slice(s, l, "batch_norm_train operand")?);
             mean.into_iter().chain(var).map(T::from_f64).collect()
         });
         Ok((out, Shape::from((2, p.c))))

@@ -13,11 +13,10 @@
 //! activation is differentiated through its output: the gradient passes where the output lies
 //! strictly inside the activation's range.
 
+use super::contiguous_slice;
 use super::conv2d_gemm::{forward_image, grad_w_image, grad_x_image, ConvFloat, Parallelism};
 use candle_core::backend::BackendStorage;
-use candle_core::{
-    bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
-};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// An activation applied to the convolution's output in the same pass.
@@ -40,6 +39,17 @@ pub struct Conv2dParams {
     pub pads: [usize; 4],
     pub groups: usize,
     pub activation: FusedActivation,
+}
+
+impl FusedActivation {
+    /// The clamp range `(lo, hi)` the activation applies; `(-inf, inf)` for `None`.
+    pub fn bounds(self) -> (f64, f64) {
+        match self {
+            FusedActivation::None => (f64::NEG_INFINITY, f64::INFINITY),
+            FusedActivation::Relu => (0.0, f64::INFINITY),
+            FusedActivation::Clip(lo, hi) => (lo, hi),
+        }
+    }
 }
 
 impl Default for Conv2dParams {
@@ -261,15 +271,6 @@ fn grad_w<T: ConvFloat>(g: &Geom, x: &[T], gy: &[T]) -> Vec<T> {
     }
 }
 
-/// The contiguous data of a CPU operand (callers make operands contiguous first).
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
-    let all = T::cpu_storage_as_slice(s)?;
-    match l.contiguous_offsets() {
-        Some((a, b)) if b <= all.len() => Ok(&all[a..b]),
-        _ => bail!("conv2d: {what} is not contiguous"),
-    }
-}
-
 fn expect(l: &Layout, shape: &Shape, what: &str) -> Result<()> {
     if l.shape() != shape {
         bail!(
@@ -299,22 +300,26 @@ impl ConvOp {
         let act = self.p.activation;
         let storage = match (x.0, w.0) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                let bias = b.map(|(s, l)| slice::<f32>(s, l, "bias")).transpose()?;
+                let bias = b
+                    .map(|(s, l)| contiguous_slice::<f32>(s, l, "conv2d bias"))
+                    .transpose()?;
                 CpuStorage::F32(fwd(
                     &g,
                     act,
-                    slice(x.0, x.1, "input")?,
-                    slice(w.0, w.1, "weight")?,
+                    contiguous_slice(x.0, x.1, "conv2d input")?,
+                    contiguous_slice(w.0, w.1, "conv2d weight")?,
                     bias,
                 ))
             }
             (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                let bias = b.map(|(s, l)| slice::<f64>(s, l, "bias")).transpose()?;
+                let bias = b
+                    .map(|(s, l)| contiguous_slice::<f64>(s, l, "conv2d bias"))
+                    .transpose()?;
                 CpuStorage::F64(fwd(
                     &g,
                     act,
-                    slice(x.0, x.1, "input")?,
-                    slice(w.0, w.1, "weight")?,
+                    contiguous_slice(x.0, x.1, "conv2d input")?,
+                    contiguous_slice(w.0, w.1, "conv2d weight")?,
                     bias,
                 ))
             }
@@ -429,13 +434,13 @@ fn run2(
     Ok(match (a.0, b.0) {
         (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(k32(
             g,
-            slice(a.0, a.1, "operand")?,
-            slice(b.0, b.1, "operand")?,
+            contiguous_slice(a.0, a.1, "conv2d operand")?,
+            contiguous_slice(b.0, b.1, "conv2d operand")?,
         )),
         (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(k64(
             g,
-            slice(a.0, a.1, "operand")?,
-            slice(b.0, b.1, "operand")?,
+            contiguous_slice(a.0, a.1, "conv2d operand")?,
+            contiguous_slice(b.0, b.1, "conv2d operand")?,
         )),
         (a, b) => bail!(
             "conv2d: f32 or f64 operands of one dtype, got {:?} and {:?}",

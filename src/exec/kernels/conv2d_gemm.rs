@@ -265,11 +265,10 @@ fn columns<'a, T: WithDType>(
 
 /// The `(lo, hi)` clamp of a fused activation (`None` when there is nothing to clamp).
 fn bounds<T: WithDType>(act: FusedActivation) -> Option<(T, T)> {
-    let (lo, hi) = match act {
-        FusedActivation::None => return None,
-        FusedActivation::Relu => (0.0, f64::INFINITY),
-        FusedActivation::Clip(lo, hi) => (lo, hi),
-    };
+    if act == FusedActivation::None {
+        return None;
+    }
+    let (lo, hi) = act.bounds();
     Some((T::from_f64(lo), T::from_f64(hi)))
 }
 

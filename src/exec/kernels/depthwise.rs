@@ -196,11 +196,7 @@ fn fwd<T: DwFloat>(
     (x, w, b): (&[T], &[T], Option<&[T]>),
     act: FusedActivation,
 ) -> Vec<T> {
-    let (lo, hi) = match act {
-        FusedActivation::None => (f64::NEG_INFINITY, f64::INFINITY),
-        FusedActivation::Relu => (0.0, f64::INFINITY),
-        FusedActivation::Clip(lo, hi) => (lo, hi),
-    };
+    let (lo, hi) = act.bounds();
     let (lo, hi) = (T::from_f64(lo), T::from_f64(hi));
     let (ip, op, taps, m) = (g.in_plane(), g.out_plane(), g.taps(), g.m);
     let (plan, len) = (Plan::new(g), g.n * g.c * m * op);

@@ -9,7 +9,7 @@ pub mod pool2d;
 #[cfg(test)]
 mod test_util;
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{bail, CpuStorage, DType, Layout, Result, Tensor, WithDType};
 use conv2d::FusedActivation;
 
 /// The output gradient `gy` of a fused activation with output `y`, passed only where `y` lies
@@ -21,4 +21,18 @@ fn mask_by_activation(act: FusedActivation, y: &Tensor, gy: &Tensor) -> Result<T
         FusedActivation::Clip(lo, hi) => (y.gt(lo)?.to_dtype(DType::U8)? * y.lt(hi)?)?,
     };
     inside.where_cond(gy, &gy.zeros_like()?)?.contiguous()
+}
+
+/// The data of a contiguous CPU operand (the ops make their operands contiguous first);
+/// `what` names the operand in the error.
+fn contiguous_slice<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<&'a [T]> {
+    let all = T::cpu_storage_as_slice(s)?;
+    match l.contiguous_offsets() {
+        Some((a, b)) if b <= all.len() => Ok(&all[a..b]),
+        _ => bail!("{what} is not contiguous"),
+    }
 }
