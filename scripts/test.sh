@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/setup_venv.sh
+scripts/setup_datasets.sh
 .venv/bin/python scripts/gen_fixtures.py
 cargo build
 export AMCT_FIXTURES="$PWD/tests/fixtures/gen"

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType as CDType, Device, Tensor, Var};
+use candle_core::{DType as CDType, Device, Tensor};
 
 use crate::exec::{ExecOptions, Executor, Value};
 use crate::graph::{DType, Dim, Model};
@@ -72,32 +72,6 @@ pub fn bench_forward(model: &Model, t: Timing, device: &Device, fuse: bool) -> R
     .to_string())
 }
 
-/// SGD with momentum, PyTorch's form: `v = mu * v + g; w -= lr * v`.
-struct Sgd {
-    lr: f64,
-    momentum: f64,
-    velocity: HashMap<String, Tensor>,
-}
-
-impl Sgd {
-    fn step(
-        &mut self,
-        params: &[(String, Var)],
-        grads: &candle_core::backprop::GradStore,
-    ) -> Result<()> {
-        for (name, var) in params {
-            let Some(g) = grads.get(var) else { continue };
-            let v = match self.velocity.get(name) {
-                Some(v) => ((v * self.momentum)? + g)?,
-                None => g.clone(),
-            };
-            var.set(&(var.as_tensor() - (&v * self.lr)?)?)?;
-            self.velocity.insert(name.clone(), v);
-        }
-        Ok(())
-    }
-}
-
 /// Training steps per second (forward in training mode, softmax cross-entropy on random
 /// labels, backward, SGD with momentum 0.9) on the model's first output `[N, classes]`;
 /// prints JSON `{"images_per_s": .., "loss_first": .., "loss_last": ..}`.
@@ -107,6 +81,7 @@ pub fn bench_train(model: &Model, t: Timing, device: &Device, lr: f64) -> Result
         float: CDType::F32,
         track_params: true,
         train: true,
+        qat: false,
     };
     let executor = Executor::new(model, options)?;
     let feeds = random_feeds(model, t.batch, device)?;
@@ -116,20 +91,17 @@ pub fn bench_train(model: &Model, t: Timing, device: &Device, lr: f64) -> Result
     };
     let labels: Vec<u32> = (0..t.batch).map(|i| (i * 7919 % classes) as u32).collect();
     let labels = Tensor::new(labels.as_slice(), device)?;
-    let params: Vec<(String, Var)> = executor
-        .params()
-        .map(|(n, v)| (n.to_string(), v.clone()))
-        .collect();
-    let mut sgd = Sgd {
+    let params = crate::train::graph::select_params(executor.params(), &[], false)?;
+    let mut sgd = crate::train::optim::Optimizer::new(&crate::recipe::OptimizerConfig {
         lr,
         momentum: 0.9,
-        velocity: HashMap::new(),
-    };
+        ..Default::default()
+    });
     let mut step = || -> Result<f32> {
         let logits = executor.run(&feeds)?.remove(0).tensor;
         let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
         let grads = loss.backward()?;
-        sgd.step(&params, &grads)?;
+        sgd.step(&params, &grads, lr, 1.0)?;
         Ok(loss.to_scalar::<f32>()?)
     };
     let mut first = None;

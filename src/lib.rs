@@ -15,5 +15,7 @@ pub mod process_tuning;
 pub mod progress;
 pub mod quant;
 pub mod recipe;
+pub mod report;
 pub mod scheduler;
 pub mod stages;
+pub mod train;

@@ -143,6 +143,11 @@ enum CacheAction {
     },
 }
 
+/// mimalloc keeps freed buffers for reuse; glibc returns whole heaps of a thread's arena
+/// to the kernel, and every training step then page-faults its activations in afresh.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     amct::process_tuning::tune_process();
     let cli = Cli::parse();

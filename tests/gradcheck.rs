@@ -38,6 +38,7 @@ fn check(label: &str, model: &Model, gap: f64, seed: u64) {
             float: CDType::F64,
             track_params: true,
             train: false,
+            qat: false,
         },
     )
     .expect("executor");

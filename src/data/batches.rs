@@ -2,9 +2,10 @@
 //! tensors (and i64 `[B]` labels) on a device. The order is the natural one,
 //! or a permutation fixed by (seed, epoch) when shuffling; augmentation is
 //! drawn from (seed, epoch, sample index). Only the current batch's samples
-//! are in memory; they are loaded on a few scoped threads.
+//! are in memory; they are loaded on the rayon pool.
 
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 
 use super::config::DataConfig;
 use super::dataset::{Dataset, Sample};
@@ -97,6 +98,11 @@ impl<'a> Batches<'a> {
         }
     }
 
+    /// Moves past the next `n` batches without loading them (resuming mid-epoch).
+    pub fn skip_batches(&mut self, n: usize) {
+        self.pos = (self.pos + n * self.opts.batch_size).min(self.order.len());
+    }
+
     /// The sample order of this epoch.
     pub fn order(&self) -> &[usize] {
         &self.order
@@ -111,26 +117,12 @@ impl<'a> Batches<'a> {
         }
     }
 
+    /// Loads the samples `idx` on the rayon pool (in order).
     fn load_all(&self, idx: &[usize]) -> Result<Vec<Sample>, DataError> {
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(8);
-        if workers < 2 || idx.len() < 4 {
+        if idx.len() < 4 {
             return idx.iter().map(|&i| self.load(i)).collect();
         }
-        let chunk = idx.len().div_ceil(workers);
-        std::thread::scope(|s| {
-            let handles: Vec<_> = idx
-                .chunks(chunk)
-                .map(|part| s.spawn(move || part.iter().map(|&i| self.load(i)).collect::<Vec<_>>()))
-                .collect();
-            let mut out = Vec::with_capacity(idx.len());
-            for h in handles {
-                // A panic in a Dataset implementation is a bug: pass it on.
-                out.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-            }
-            out.into_iter().collect()
-        })
+        idx.par_iter().map(|&i| self.load(i)).collect()
     }
 
     fn make(&self, idx: Vec<usize>) -> Result<Batch, DataError> {

@@ -25,6 +25,9 @@ pub struct ExecOptions {
     /// Training mode: BatchNormalization uses the statistics of the batch it
     /// normalizes (as in a training step) instead of its running statistics.
     pub train: bool,
+    /// Quantization-aware training: QuantizeLinear keeps a float, differentiable output
+    /// (straight-through rounding, LSQ-scaled gradients for the scales).
+    pub qat: bool,
 }
 
 impl ExecOptions {
@@ -35,6 +38,7 @@ impl ExecOptions {
             float: CDType::F32,
             track_params: false,
             train: false,
+            qat: false,
         }
     }
 }
@@ -46,6 +50,7 @@ impl Default for ExecOptions {
             float: CDType::F32,
             track_params: true,
             train: false,
+            qat: false,
         }
     }
 }
@@ -233,6 +238,7 @@ impl Executor {
                 float: self.options.float,
                 activation: fused.map_or(FusedActivation::None, |f| f.activation),
                 train: self.options.train,
+                qat: self.options.qat,
             };
             let outs = ops::run(&ctx).map_err(|e| with_node(e, node))?;
             let names = match fused {

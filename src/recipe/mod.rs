@@ -13,6 +13,7 @@ mod schema;
 mod source;
 mod stage;
 mod sweep;
+mod train;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -29,6 +30,10 @@ pub use schema::{ModelSection, RecipeMeta};
 pub use source::RecipeSource;
 pub use stage::{EvalParams, FuseParams, StageKind, StageParams, StageSpec};
 pub use sweep::SweepAxis;
+pub use train::{
+    BatchNormMode, LossConfig, LossKind, OptimizerConfig, OptimizerKind, ScheduleConfig,
+    ScheduleKind, TrainParams, ValidationMetric,
+};
 pub use validate::{dependencies, MODEL};
 
 use crate::data::DataConfig;

@@ -7,6 +7,7 @@ use super::error::RecipeError;
 use super::located::deserialize_at;
 use super::quantize::QuantizeParams;
 use super::source::RecipeSource;
+use super::train::TrainParams;
 
 /// The stage kinds of the recipe language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -47,7 +48,8 @@ impl StageKind {
         match self {
             StageKind::Fuse => &["input"],
             StageKind::Eval => &["input", "inputs", "reference", "data"],
-            StageKind::Distill => &["input", "teacher", "data"],
+            StageKind::Distill => &["input", "teacher", "data", "validation"],
+            StageKind::Retrain | StageKind::Qat => &["input", "data", "validation"],
             _ => &["input", "data"],
         }
     }
@@ -56,7 +58,7 @@ impl StageKind {
     pub fn implemented(self) -> bool {
         matches!(
             self,
-            StageKind::Fuse | StageKind::Eval | StageKind::Quantize
+            StageKind::Fuse | StageKind::Eval | StageKind::Quantize | StageKind::Retrain
         )
     }
 }
@@ -112,6 +114,7 @@ fn default_latency_iters() -> usize {
 pub enum StageParams {
     Fuse(FuseParams),
     Quantize(Box<QuantizeParams>),
+    Train(Box<TrainParams>),
     Eval(EvalParams),
 }
 
@@ -127,6 +130,8 @@ pub struct StageSpec {
     pub teacher: Option<String>,
     pub reference: Option<String>,
     pub data: Option<String>,
+    /// Held-out data set a training stage validates on after each epoch.
+    pub validation: Option<String>,
     pub params: StageParams,
 }
 
@@ -161,7 +166,7 @@ pub fn parse_stage(
     if !kind.implemented() {
         return Err(source.error(
             &at("kind"),
-            format!("stage kind `{kind_name}` is not available in this version of amct yet (available: fuse, quantize, eval)"),
+            format!("stage kind `{kind_name}` is not available in this version of amct yet (available: fuse, retrain, quantize, eval)"),
         ));
     }
     let string = |key: &'static str| -> Result<Option<String>, RecipeError> {
@@ -179,9 +184,22 @@ pub fn parse_stage(
             format!("quantize stage `{name}` needs `data = \"NAME\"` (its calibration set)"),
         ));
     }
+    if kind == StageKind::Retrain && !table.contains_key("data") {
+        return Err(source.error(
+            &["stages", name],
+            format!("retrain stage `{name}` needs `data = \"NAME\"` (its labelled training set)"),
+        ));
+    }
     let mut params = table.clone();
     params.remove("kind");
-    for key in ["input", "inputs", "teacher", "reference", "data"] {
+    for key in [
+        "input",
+        "inputs",
+        "teacher",
+        "reference",
+        "data",
+        "validation",
+    ] {
         if params.remove(key).is_some() && !kind.reference_keys().contains(&key) {
             return Err(source.key_error(
                 &at(key),
@@ -207,6 +225,13 @@ pub fn parse_stage(
         StageKind::Quantize => StageParams::Quantize(Box::new(super::quantize::parse_quantize(
             source, name, params,
         )?)),
+        StageKind::Retrain => {
+            let p: TrainParams = deserialize_at(source, &path, value)?;
+            if let Some((key, message)) = p.problems().into_iter().next() {
+                return Err(source.error(&at(key), message));
+            }
+            StageParams::Train(Box::new(p))
+        }
         _ => StageParams::Eval(deserialize_at(source, &path, value)?),
     };
     if let StageParams::Eval(e) = &params {
@@ -233,6 +258,7 @@ pub fn parse_stage(
         teacher: string("teacher")?,
         reference: string("reference")?,
         data: string("data")?,
+        validation: string("validation")?,
         params,
     })
 }

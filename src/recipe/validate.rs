@@ -71,10 +71,11 @@ pub fn resolve_references(
         if let Some(t) = &stage.reference {
             check("reference", t)?;
         }
-        if let Some(d) = &stage.data {
+        for (key, d) in [("data", &stage.data), ("validation", &stage.validation)] {
+            let Some(d) = d else { continue };
             if !data_names.contains(d) {
                 return Err(source.error(
-                    &["stages", name.as_str(), "data"],
+                    &["stages", name.as_str(), key],
                     format!(
                         "no data set named `{d}` (declared: {})",
                         list_or_none(data_names)

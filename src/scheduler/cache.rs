@@ -81,6 +81,12 @@ impl Cache {
         dir.join(".complete").is_file().then_some(dir)
     }
 
+    /// Where a training stage with entry key `key` keeps its checkpoints
+    /// until the entry is committed.
+    pub fn checkpoint_dir(&self, key: &str) -> PathBuf {
+        self.root.join("checkpoints").join(key)
+    }
+
     /// Takes the per-key lock (blocks while another process holds it).
     pub fn lock(&self, key: &str) -> Result<EntryLock, CacheError> {
         let path = self.root.join("locks").join(format!("{key}.lock"));

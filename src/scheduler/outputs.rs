@@ -113,10 +113,47 @@ fn markdown(report: &RunReport) -> String {
         if let Some(err) = &st.error {
             let _ = writeln!(s, "\n**{}** {:?}: {err}", st.name, st.status);
         }
+        training_section(&mut s, &st.name, &st.metrics);
         if !st.metrics.is_null() {
             let pretty = serde_json::to_string_pretty(&st.metrics).unwrap_or_default();
             let _ = writeln!(s, "\n## {} metrics\n\n```json\n{pretty}\n```", st.name);
         }
     }
     s
+}
+
+/// Per-epoch table and loss plot of a training stage (metrics with `epochs`).
+fn training_section(s: &mut String, stage: &str, metrics: &serde_json::Value) {
+    let Some(epochs) = metrics.get("epochs").and_then(|e| e.as_array()) else {
+        return;
+    };
+    let _ = writeln!(s, "\n## {stage} training\n");
+    if metrics["loss_curve"]
+        .as_array()
+        .is_some_and(|c| !c.is_empty())
+    {
+        let _ = writeln!(s, "![{stage} loss]({stage}/loss_curve.svg)\n");
+    }
+    let _ = writeln!(
+        s,
+        "| epoch | steps | lr | train loss | train acc | val loss | val acc | seconds |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let num = |e: &serde_json::Value, k: &str, f: &dyn Fn(f64) -> String| {
+        e.get(k).and_then(|v| v.as_f64()).map(f).unwrap_or_default()
+    };
+    for e in epochs {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            num(e, "epoch", &|v| format!("{v:.0}")),
+            num(e, "step", &|v| format!("{v:.0}")),
+            num(e, "lr", &|v| format!("{v:.2e}")),
+            num(e, "train_loss", &|v| format!("{v:.4}")),
+            num(e, "train_accuracy", &|v| format!("{:.2}%", 100.0 * v)),
+            num(e, "val_loss", &|v| format!("{v:.4}")),
+            num(e, "val_accuracy", &|v| format!("{:.2}%", 100.0 * v)),
+            num(e, "seconds", &|v| format!("{v:.1}")),
+        );
+    }
 }

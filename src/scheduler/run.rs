@@ -523,11 +523,15 @@ fn run_one(
         input_keys.insert(role.clone(), p.key.clone());
     }
     let data = spec.data.as_ref().and_then(|d| recipe.data.get(d));
-    let data_hash = match data {
-        Some(cfg) => Some(crate::data::content_hash(cfg).map_err(|e| e.to_string())?),
-        None => None,
-    };
-    let device_part = (spec.kind == StageKind::Eval).then_some(opts.device.as_str());
+    let validation = spec.validation.as_ref().and_then(|d| recipe.data.get(d));
+    let mut data_hashes = Vec::new();
+    for cfg in [data, validation].into_iter().flatten() {
+        data_hashes.push(crate::data::content_hash(cfg).map_err(|e| e.to_string())?);
+    }
+    let data_hash = (!data_hashes.is_empty()).then(|| data_hashes.join("+"));
+    // Evaluation (latency) and training (arithmetic order) depend on the device.
+    let device_dependent = matches!(spec.kind, StageKind::Eval | StageKind::Retrain);
+    let device_part = device_dependent.then_some(opts.device.as_str());
     let key = stage_key(spec, &input_keys, data_hash.as_deref(), device_part);
     let forced = opts.no_cache || opts.force.contains(&spec.name);
     let _lock = cache.lock(&key).map_err(|e| e.to_string())?;
@@ -542,10 +546,17 @@ fn run_one(
                     .ok_or_else(|| format!("`{name}` produced no model"))?;
                 models.insert(name.to_string(), load_produced(p, name, recipe)?);
             }
+            let checkpoint_dir = cache.checkpoint_dir(&key);
+            if forced {
+                // A forced stage recomputes from scratch.
+                let _ = std::fs::remove_dir_all(&checkpoint_dir);
+            }
             let ctx = StageContext {
                 spec,
                 models: &models,
                 data,
+                validation,
+                checkpoint_dir: Some(checkpoint_dir.clone()),
                 seed: recipe.meta.seed,
                 device: &shared.device,
             };
@@ -560,6 +571,8 @@ fn run_one(
                     return Err(e);
                 }
             };
+            // The entry is complete: its checkpoints are no longer needed.
+            let _ = std::fs::remove_dir_all(&checkpoint_dir);
             (dir, false, out.model)
         }
     };

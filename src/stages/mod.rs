@@ -8,7 +8,9 @@ mod feed;
 mod fuse;
 mod quantize;
 mod quantize_rollback;
+mod retrain;
 mod smoothquant;
+mod supervised;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,6 +28,10 @@ pub struct StageContext<'a> {
     /// Models by stage name ("model" is the source), for every reference.
     pub models: &'a BTreeMap<String, Arc<Model>>,
     pub data: Option<&'a DataConfig>,
+    /// A training stage's held-out set (`validation = "NAME"`).
+    pub validation: Option<&'a DataConfig>,
+    /// Where a training stage keeps its checkpoints (per cache key).
+    pub checkpoint_dir: Option<std::path::PathBuf>,
     pub seed: u64,
     pub device: &'a Device,
 }
@@ -73,6 +79,8 @@ pub enum StageError {
     Exec(#[from] crate::exec::ExecError),
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
     #[error("{0}")]
     Invalid(String),
     #[error("candle: {0}")]
@@ -87,5 +95,6 @@ pub fn run_stage(ctx: &StageContext) -> Result<StageOutput, StageError> {
         StageParams::Fuse(p) => fuse::run(ctx, p),
         StageParams::Quantize(p) => quantize::run(ctx, p),
         StageParams::Eval(p) => eval::run(ctx, p),
+        StageParams::Train(p) => retrain::run(ctx, p),
     }
 }

@@ -248,20 +248,26 @@ fn grad_w<T: ConvFloat>(g: &Geom, x: &[T], gy: &[T]) -> Vec<T> {
         grad_w_image(g, xg, dw, scratch, par);
     };
     if g.split_images() {
-        let partial = (0..g.n)
+        // Fixed runs of images per thread, summed in order: the same bits on every run (a
+        // work-stealing reduction would add the partial sums in a varying order).
+        let threads = rayon::current_num_threads().clamp(1, g.n);
+        let per = g.n.div_ceil(threads);
+        let partials: Vec<Vec<T>> = (0..threads)
             .into_par_iter()
-            .fold(
-                || vec![T::zero(); wl],
-                |mut dw, n| {
+            .map(|t| {
+                let mut dw = vec![T::zero(); wl];
+                for n in (t * per)..((t + 1) * per).min(g.n) {
                     T::with_scratch(|s| image(n, &mut dw, s, Parallelism::None));
-                    dw
-                },
-            )
-            .reduce_with(|mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += *b);
-                a
-            });
-        partial.unwrap_or_else(|| vec![T::zero(); wl])
+                }
+                dw
+            })
+            .collect();
+        let mut parts = partials.into_iter();
+        let mut dw = parts.next().unwrap_or_else(|| vec![T::zero(); wl]);
+        for part in parts {
+            dw.iter_mut().zip(&part).for_each(|(a, b)| *a += *b);
+        }
+        dw
     } else {
         let mut dw = vec![T::zero(); wl];
         for n in 0..g.n {

@@ -30,6 +30,7 @@
 use candle_core::WithDType;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use half::{bf16, f16};
+use rayon::prelude::*;
 use std::borrow::Cow;
 
 /// Attributes of a 2-D pooling node (ONNX naming; `pads` is `[top, left, bottom, right]`).
@@ -207,13 +208,23 @@ impl Geom {
     /// The first maximum of window `(r, c)` in `x` (one plane), if the window has a valid cell.
     #[inline(always)]
     fn argmax<T: PoolFloat>(&self, x: &[T], r: Win, c: Win) -> Option<usize> {
-        let mut best: Option<(usize, T)> = None;
-        self.for_cells(r, c, |i| {
-            if best.is_none_or(|(_, b)| x[i] > b) {
-                best = Some((i, x[i]));
+        if r.n == 0 || c.n == 0 {
+            return None;
+        }
+        let (w, (dh, dw)) = (self.inp.1, self.dil);
+        let mut at = r.lo * w + c.lo;
+        let mut best = x[at];
+        for a in 0..r.n {
+            let row = (r.lo + a * dh) * w + c.lo;
+            for b in 0..c.n {
+                let i = row + b * dw;
+                if x[i] > best {
+                    best = x[i];
+                    at = i;
+                }
             }
-        });
-        best.map(|(i, _)| i)
+        }
+        Some(at)
     }
 
     fn windows(&self) -> impl Iterator<Item = (usize, Win, Win)> + '_ {
@@ -276,8 +287,8 @@ fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<Cow<'a,
     Ok(Cow::Owned(out))
 }
 
-/// Runs `f(plane_index, out_plane)` over the `out_len`-sized planes of `out`, on several threads
-/// when the work (`cost` per plane) is large enough to pay for spawning them.
+/// Runs `f(plane_index, out_plane)` over the `out_len`-sized planes of `out`, split across
+/// the rayon pool when the work (`cost` per plane) is large enough to pay for it.
 fn for_each_plane<T: Send>(
     out: &mut [T],
     out_len: usize,
@@ -288,7 +299,7 @@ fn for_each_plane<T: Send>(
         return;
     }
     let planes = out.len() / out_len;
-    let threads = candle_core::utils::get_num_threads().min(planes);
+    let threads = rayon::current_num_threads().min(planes);
     if threads <= 1 || planes.saturating_mul(cost) < 1 << 16 {
         out.chunks_mut(out_len)
             .enumerate()
@@ -296,16 +307,13 @@ fn for_each_plane<T: Send>(
         return;
     }
     let per = planes.div_ceil(threads);
-    let f = &f;
-    std::thread::scope(|s| {
-        for (ci, chunk) in out.chunks_mut(per * out_len).enumerate() {
-            s.spawn(move || {
-                for (j, o) in chunk.chunks_mut(out_len).enumerate() {
-                    f(ci * per + j, o)
-                }
-            });
-        }
-    });
+    out.par_chunks_mut(per * out_len)
+        .enumerate()
+        .for_each(|(ci, chunk)| {
+            for (j, o) in chunk.chunks_mut(out_len).enumerate() {
+                f(ci * per + j, o)
+            }
+        });
 }
 
 fn max_fwd<T: PoolFloat>(x: &[T], g: &Geom) -> Vec<T> {
@@ -313,9 +321,11 @@ fn max_fwd<T: PoolFloat>(x: &[T], g: &Geom) -> Vec<T> {
     let mut y = vec![T::LOWEST; g.planes() * op];
     for_each_plane(&mut y, op, ip.max(op), |pl, y| {
         let x = &x[pl * ip..(pl + 1) * ip];
-        for (o, r, c) in g.windows() {
-            if let Some(i) = g.argmax(x, r, c) {
-                y[o] = x[i];
+        for (y_row, &r) in y.chunks_mut(g.out.1).zip(&g.rows) {
+            for (y, &c) in y_row.iter_mut().zip(&g.cols) {
+                if let Some(i) = g.argmax(x, r, c) {
+                    *y = x[i];
+                }
             }
         }
     });

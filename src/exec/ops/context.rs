@@ -22,6 +22,8 @@ pub struct OpCtx<'a> {
     pub activation: FusedActivation,
     /// Training executor: BatchNormalization normalizes with the batch's statistics.
     pub train: bool,
+    /// Quantization-aware training (see `ExecOptions::qat`).
+    pub qat: bool,
 }
 
 impl<'a> OpCtx<'a> {

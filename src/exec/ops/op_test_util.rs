@@ -138,6 +138,7 @@ pub fn grad_check(node: &Node, opset: i64, feeds: &[(&str, &Value)], wrt: &str) 
             float: CDType::F64,
             track_params: true,
             train: false,
+            qat: false,
         },
     )
     .unwrap();

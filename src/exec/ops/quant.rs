@@ -103,19 +103,41 @@ pub fn quantize_linear(ctx: &OpCtx) -> Result<Vec<Value>> {
     };
     let (qmin, qmax) =
         qrange(out_dtype).ok_or_else(|| ctx.unsupported(&format!("quantizing to {out_dtype}")))?;
-    let scale = broadcastable(
+    let mut scale = broadcastable(
         ctx,
         &ctx.float_tensor(1)?.to_dtype(x.dtype())?,
         &dims,
         "scale",
     )?;
+    if ctx.qat {
+        scale = lsq_scaled(&scale, &dims, qmax)?;
+    }
+    // In QAT the rounding passes gradients straight through: `round_half_even` adds and
+    // subtracts a constant, so its derivative is 1 (and the clamp's is 0 outside the range).
     let mut q = round_half_even(&x.broadcast_div(&scale)?)?;
     if let Some(z) = zp {
         let z = broadcastable(ctx, &z.tensor.to_dtype(x.dtype())?, &dims, "zero point")?;
         q = q.broadcast_add(&z)?;
     }
-    let q = q.clamp(qmin, qmax)?.to_dtype(CDType::I64)?;
+    let q = q.clamp(qmin, qmax)?;
+    let q = if ctx.qat { q } else { q.to_dtype(CDType::I64)? };
     Ok(vec![Value::new(q, out_dtype)])
+}
+
+/// LSQ's gradient scaling (Esser et al., 2020): the same value as `scale`, with its gradient
+/// multiplied by `1 / sqrt(n * qmax)`, where `n` is the number of values one scale element
+/// quantizes (per sample for a per-tensor activation), so that scales and weights learn at
+/// comparable rates.
+fn lsq_scaled(scale: &Tensor, dims: &[usize], qmax: f64) -> Result<Tensor> {
+    let per_scale = dims.iter().product::<usize>() / scale.elem_count().max(1);
+    let n = if scale.elem_count() == 1 && dims.len() >= 2 {
+        per_scale / dims[0].max(1)
+    } else {
+        per_scale
+    };
+    let g = 1.0 / ((n.max(1) as f64) * qmax.max(1.0)).sqrt();
+    let scaled = (scale * g)?;
+    Ok(((scale - &scaled)?.detach() + scaled)?)
 }
 
 pub fn dequantize_linear(ctx: &OpCtx) -> Result<Vec<Value>> {
@@ -125,12 +147,24 @@ pub fn dequantize_linear(ctx: &OpCtx) -> Result<Vec<Value>> {
         return Err(ctx.unsupported(&format!("dequantizing {}", x.dtype)));
     }
     let dims = x.dims().to_vec();
+    // A QAT QuantizeLinear's output holds its integers in a float tensor.
+    let float_held = x.tensor.dtype().is_float();
     let mut diff = x.tensor.clone();
     if let Some(z) = ctx.opt_input(2) {
-        let z = broadcastable(ctx, &z.tensor.to_dtype(CDType::I64)?, &dims, "zero point")?;
+        let zd = if float_held {
+            x.tensor.dtype()
+        } else {
+            CDType::I64
+        };
+        let z = broadcastable(ctx, &z.tensor.to_dtype(zd)?, &dims, "zero point")?;
         diff = diff.broadcast_sub(&z)?;
     }
-    let s = broadcastable(ctx, &ctx.float_tensor(1)?, &dims, "scale")?;
+    let mut s = broadcastable(ctx, &ctx.float_tensor(1)?, &dims, "scale")?;
+    if ctx.qat {
+        if let Some((_, qmax)) = qrange(x.dtype) {
+            s = lsq_scaled(&s, &dims, qmax)?;
+        }
+    }
     let y = diff.to_dtype(s.dtype())?.broadcast_mul(&s)?;
     let dtype = if scale.dtype.is_float() {
         scale.dtype

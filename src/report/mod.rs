@@ -1,0 +1,3 @@
+//! Report pieces that stages produce for `report.md`: SVG plots.
+
+pub mod plot;
