@@ -91,7 +91,7 @@ pub fn bench_train(model: &Model, t: Timing, device: &Device, lr: f64) -> Result
     };
     let labels: Vec<u32> = (0..t.batch).map(|i| (i * 7919 % classes) as u32).collect();
     let labels = Tensor::new(labels.as_slice(), device)?;
-    let params = crate::train::graph::select_params(executor.params(), &[], false)?;
+    let params = crate::train::graph::select_params(executor.params(), &[], &[], false)?;
     let mut sgd = crate::train::optim::Optimizer::new(&crate::recipe::OptimizerConfig {
         lr,
         momentum: 0.9,

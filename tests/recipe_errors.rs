@@ -142,7 +142,7 @@ fn unknown_stage_kind() {
 fn stage_kind_not_available_yet() {
     assert_at(
         "kind-later",
-        &GOOD.replace("kind = \"fuse\"", "kind = \"qat\""),
+        &GOOD.replace("kind = \"fuse\"", "kind = \"sparse\""),
         13,
         8,
         "not available",

@@ -256,3 +256,192 @@ fn bad_training_settings_are_recipe_errors() {
         );
     }
 }
+
+/// The source recipe text plus a fuse -> quantize -> qat chain on the trained model.
+fn qat_recipe(dir: &Path, quantize: &str, qat: &str) -> PathBuf {
+    let base = recipe(
+        dir,
+        &fashion_cnn(),
+        2048,
+        "epochs = 1\noptimizer = { kind = \"sgd\", lr = 0.02, momentum = 0.9, nesterov = true }",
+    );
+    let text = std::fs::read_to_string(&base).unwrap()
+        + "\n[stages.fuse]\nkind = \"fuse\"\ninput = \"train\"\n\n\
+           [stages.quantize]\nkind = \"quantize\"\ninput = \"fuse\"\ndata = \"train\"\nbatches = 4\n"
+        + quantize
+        + &format!("\n\n[stages.qat]\nkind = \"qat\"\ninput = \"quantize\"\ndata = \"train\"\nvalidation = \"val\"\n{qat}\n");
+    std::fs::write(&base, text).unwrap();
+    base
+}
+
+#[test]
+fn qat_learns_scales_and_writes_consistent_fake_quant_and_deploy_models() {
+    let dir = scratch("qat");
+    let r = qat_recipe(
+        &dir,
+        "",
+        "max_steps = 12\noptimizer = { kind = \"sgd\", lr = 0.002, momentum = 0.9 }\nkeep_best = false",
+    );
+    ok(command(&r, &dir, "out", "cache").output().unwrap());
+    let out = dir.join("out");
+    let text = std::fs::read_to_string(out.join("report.json")).unwrap();
+    let report: Value = serde_json::from_str(&text).unwrap();
+    let stage = |n: &str| {
+        report["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    let qat = stage("qat");
+    assert_eq!(qat["status"], "ok", "{qat}");
+    assert_eq!(qat["metrics"]["steps"], 12);
+    let acc = qat["metrics"]["val_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.6, "QAT validation accuracy {acc}");
+    for f in [
+        "model.onnx",
+        "fake_quant.onnx",
+        "deploy.onnx",
+        "quant_record.json",
+        "loss_curve.svg",
+    ] {
+        assert!(out.join("qat").join(f).is_file(), "qat/{f} missing");
+    }
+    let ptq = load(&out.join("quantize/fake_quant.onnx"));
+    let fake = load(&out.join("qat/fake_quant.onnx"));
+    let deploy = load(&out.join("qat/deploy.onnx"));
+    // Same graph structure as the quantize stage's output; activation scales learned.
+    assert_eq!(
+        ptq.graph
+            .nodes
+            .iter()
+            .map(|n| &n.op_type)
+            .collect::<Vec<_>>()
+            .len(),
+        fake.graph.nodes.len()
+    );
+    let scales = |m: &Model| -> Vec<(String, Vec<f32>)> {
+        m.graph
+            .initializers
+            .iter()
+            .filter(|(n, t)| n.ends_with("_scale") && t.dims.is_empty())
+            .map(|(n, t)| (n.clone(), t.to_f32_vec().unwrap()))
+            .collect()
+    };
+    let (before, after) = (scales(&ptq), scales(&fake));
+    assert_eq!(before.len(), after.len());
+    assert!(
+        before.iter().zip(&after).any(|(a, b)| a.1 != b.1),
+        "no activation scale moved"
+    );
+    // Deploy stores every weight as 8-bit integers and runs no QuantizeLinear on constants.
+    let int8 = deploy
+        .graph
+        .initializers
+        .values()
+        .filter(|t| t.dtype == amct::graph::DType::I8)
+        .count();
+    assert!(int8 >= 5, "deploy has {int8} int8 initializers");
+    assert!(deploy
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| n.op_type == "QuantizeLinear")
+        .all(|n| !deploy.graph.initializers.contains_key(&n.inputs[0])));
+    // Both forms compute the same outputs (amct's executor).
+    let x =
+        candle_core::Tensor::randn(0f32, 1f32, (4, 1, 28, 28), &candle_core::Device::Cpu).unwrap();
+    let run = |m: &Model| {
+        let exec = amct::exec::Executor::new(
+            m,
+            amct::exec::ExecOptions::inference(&candle_core::Device::Cpu),
+        )
+        .unwrap();
+        let feeds = std::collections::HashMap::from([(
+            "input".to_string(),
+            amct::exec::Value::new(x.clone(), amct::graph::DType::F32),
+        )]);
+        exec.run(&feeds)
+            .unwrap()
+            .remove(0)
+            .tensor
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let (yf, yd) = (run(&fake), run(&deploy));
+    let worst = yf
+        .iter()
+        .zip(&yd)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-4, "fake-quant and deploy differ by {worst}");
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("qat/quant_record.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["source"], "qat");
+    assert!(record["tensors"].as_object().unwrap().len() >= 10);
+}
+
+#[test]
+fn qat_refuses_a_float_model() {
+    let dir = scratch("qat-float");
+    let r = recipe(&dir, &fashion_cnn(), 256, "max_steps = 1");
+    let text = std::fs::read_to_string(&r)
+        .unwrap()
+        .replace("kind = \"retrain\"", "kind = \"qat\"");
+    std::fs::write(&r, text).unwrap();
+    let o = command(&r, &dir, "out", "cache").output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("put a quantize stage before it"), "{err}");
+}
+
+#[test]
+fn distill_trains_a_quantized_student_without_labels() {
+    let dir = scratch("distill");
+    // 4-bit weights: a student far enough from the teacher for the block losses to fall;
+    // one fixed batch, so the losses of successive steps are comparable.
+    let r = qat_recipe(&dir, "weight = { bits = 4 }", "max_steps = 1");
+    let unlabelled = format!(
+        "\n[data.unlabelled]\nformat = \"idx\"\npath = \"{FASHION}/train-images-idx3-ubyte.gz\"\n\
+         preprocess = {{ mean = [0.2860], std = [0.3530] }}\nlimit = 64\nbatch_size = 64\n\n\
+         [stages.distill]\nkind = \"distill\"\ninput = \"quantize\"\nteacher = \"fuse\"\ndata = \"unlabelled\"\n\
+         validation = \"val\"\nkeep_best = false\nepochs = 10\ndrop_last = false\n\
+         optimizer = {{ kind = \"sgd\", lr = 0.005, momentum = 0.0 }}\n\
+         distill = {{ block_size = 2, kl_weight = 1.0 }}\n"
+    );
+    let text = std::fs::read_to_string(&r).unwrap() + &unlabelled;
+    std::fs::write(&r, text).unwrap();
+    ok(command(&r, &dir, "out", "cache").output().unwrap());
+    let out = dir.join("out");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let d = report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "distill")
+        .unwrap()
+        .clone();
+    assert_eq!(d["status"], "ok", "{d}");
+    let m = &d["metrics"];
+    // The fashion CNN has 5 layers: blocks of 2 give 3 blocks, 2 boundaries.
+    assert_eq!(m["blocks"], 3, "{m}");
+    assert_eq!(m["steps"], 10);
+    assert!(
+        m["epochs"][0]["train_accuracy"].is_null(),
+        "no labels were used"
+    );
+    assert!(m["val_accuracy"].as_f64().unwrap() > 0.6, "{m}");
+    let curve = m["loss_curve"].as_array().unwrap();
+    let first = curve[0][1].as_f64().unwrap();
+    let last = curve[curve.len() - 1][1].as_f64().unwrap();
+    assert!(last < first, "block losses must fall: {first} -> {last}");
+    for f in ["fake_quant.onnx", "deploy.onnx", "quant_record.json"] {
+        assert!(out.join("distill").join(f).is_file(), "distill/{f} missing");
+    }
+}

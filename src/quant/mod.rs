@@ -9,6 +9,7 @@ pub mod equalize;
 pub mod histogram;
 pub mod observer;
 pub mod plan;
+pub mod qat_graph;
 pub mod qdq;
 pub mod qparams;
 pub mod quantizer;

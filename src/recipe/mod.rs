@@ -31,8 +31,8 @@ pub use source::RecipeSource;
 pub use stage::{EvalParams, FuseParams, StageKind, StageParams, StageSpec};
 pub use sweep::SweepAxis;
 pub use train::{
-    BatchNormMode, LossConfig, LossKind, OptimizerConfig, OptimizerKind, ScheduleConfig,
-    ScheduleKind, TrainParams, ValidationMetric,
+    BatchNormMode, BlockLoss, DistillConfig, DistillParams, LossConfig, LossKind, OptimizerConfig,
+    OptimizerKind, ScheduleConfig, ScheduleKind, TrainParams, ValidationMetric,
 };
 pub use validate::{dependencies, MODEL};
 

@@ -7,7 +7,7 @@ use super::error::RecipeError;
 use super::located::deserialize_at;
 use super::quantize::QuantizeParams;
 use super::source::RecipeSource;
-use super::train::TrainParams;
+use super::train::{DistillConfig, DistillParams, TrainParams};
 
 /// The stage kinds of the recipe language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -58,7 +58,12 @@ impl StageKind {
     pub fn implemented(self) -> bool {
         matches!(
             self,
-            StageKind::Fuse | StageKind::Eval | StageKind::Quantize | StageKind::Retrain
+            StageKind::Fuse
+                | StageKind::Eval
+                | StageKind::Quantize
+                | StageKind::Retrain
+                | StageKind::Qat
+                | StageKind::Distill
         )
     }
 }
@@ -115,6 +120,7 @@ pub enum StageParams {
     Fuse(FuseParams),
     Quantize(Box<QuantizeParams>),
     Train(Box<TrainParams>),
+    Distill(Box<DistillParams>),
     Eval(EvalParams),
 }
 
@@ -166,7 +172,7 @@ pub fn parse_stage(
     if !kind.implemented() {
         return Err(source.error(
             &at("kind"),
-            format!("stage kind `{kind_name}` is not available in this version of amct yet (available: fuse, retrain, quantize, eval)"),
+            format!("stage kind `{kind_name}` is not available in this version of amct yet (available: fuse, retrain, quantize, qat, distill, eval)"),
         ));
     }
     let string = |key: &'static str| -> Result<Option<String>, RecipeError> {
@@ -184,10 +190,22 @@ pub fn parse_stage(
             format!("quantize stage `{name}` needs `data = \"NAME\"` (its calibration set)"),
         ));
     }
-    if kind == StageKind::Retrain && !table.contains_key("data") {
+    if kind == StageKind::Distill && !table.contains_key("teacher") {
         return Err(source.error(
             &["stages", name],
-            format!("retrain stage `{name}` needs `data = \"NAME\"` (its labelled training set)"),
+            format!("distill stage `{name}` needs `teacher = \"STAGE\"` (the float model)"),
+        ));
+    }
+    if matches!(
+        kind,
+        StageKind::Retrain | StageKind::Qat | StageKind::Distill
+    ) && !table.contains_key("data")
+    {
+        return Err(source.error(
+            &["stages", name],
+            format!(
+                "{kind_name} stage `{name}` needs `data = \"NAME\"` (its labelled training set)"
+            ),
         ));
     }
     let mut params = table.clone();
@@ -225,7 +243,20 @@ pub fn parse_stage(
         StageKind::Quantize => StageParams::Quantize(Box::new(super::quantize::parse_quantize(
             source, name, params,
         )?)),
-        StageKind::Retrain => {
+        StageKind::Distill => {
+            let mut rest = params.clone();
+            let distill = match rest.remove("distill") {
+                Some(v) => deserialize_at(source, &at("distill"), v)?,
+                None => DistillConfig::default(),
+            };
+            let train: TrainParams = deserialize_at(source, &path, toml::Value::Table(rest))?;
+            let problems = train.problems().into_iter().chain(distill.problems());
+            if let Some((key, message)) = problems.into_iter().next() {
+                return Err(source.error(&at(key), message));
+            }
+            StageParams::Distill(Box::new(DistillParams { train, distill }))
+        }
+        StageKind::Retrain | StageKind::Qat => {
             let p: TrainParams = deserialize_at(source, &path, value)?;
             if let Some((key, message)) = p.problems().into_iter().next() {
                 return Err(source.error(&at(key), message));

@@ -288,3 +288,78 @@ fn one() -> usize {
 fn yes() -> bool {
     true
 }
+
+/// What a distilled block's output is compared with the teacher's by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockLoss {
+    Mse,
+    /// 1 - cosine similarity per sample.
+    Cosine,
+}
+
+/// `distill = { ... }` of a `distill` stage.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillConfig {
+    /// Layers (Conv, ConvTranspose, Gemm, MatMul) per block, counted in the teacher.
+    #[serde(default = "two")]
+    pub block_size: usize,
+    /// Blocks start at these layers (node names) instead of every `block_size` layers.
+    #[serde(default)]
+    pub block_starts: Vec<String>,
+    #[serde(default = "default_block_loss")]
+    pub loss: BlockLoss,
+    /// Weight of KL(teacher ‖ student) on the final logits (0 = block losses only).
+    #[serde(default)]
+    pub kl_weight: f64,
+    #[serde(default = "one_f64")]
+    pub temperature: f64,
+}
+
+impl Default for DistillConfig {
+    fn default() -> Self {
+        DistillConfig {
+            block_size: two(),
+            block_starts: Vec::new(),
+            loss: default_block_loss(),
+            kl_weight: 0.0,
+            temperature: 1.0,
+        }
+    }
+}
+
+impl DistillConfig {
+    /// Values out of range, as (key, message).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.block_size == 0 {
+            out.push(("distill", "block_size must be at least 1".to_string()));
+        }
+        if !(self.kl_weight.is_finite() && self.kl_weight >= 0.0) {
+            out.push(("distill", "kl_weight must be 0 or more".to_string()));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            out.push(("distill", "temperature must be above 0".to_string()));
+        }
+        out
+    }
+}
+
+/// Parameters of a `distill` stage: training settings and the blocks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DistillParams {
+    #[serde(flatten)]
+    pub train: TrainParams,
+    pub distill: DistillConfig,
+}
+
+fn two() -> usize {
+    2
+}
+fn one_f64() -> f64 {
+    1.0
+}
+fn default_block_loss() -> BlockLoss {
+    BlockLoss::Mse
+}

@@ -530,7 +530,10 @@ fn run_one(
     }
     let data_hash = (!data_hashes.is_empty()).then(|| data_hashes.join("+"));
     // Evaluation (latency) and training (arithmetic order) depend on the device.
-    let device_dependent = matches!(spec.kind, StageKind::Eval | StageKind::Retrain);
+    let device_dependent = matches!(
+        spec.kind,
+        StageKind::Eval | StageKind::Retrain | StageKind::Qat | StageKind::Distill
+    );
     let device_part = device_dependent.then_some(opts.device.as_str());
     let key = stage_key(spec, &input_keys, data_hash.as_deref(), device_part);
     let forced = opts.no_cache || opts.force.contains(&spec.name);

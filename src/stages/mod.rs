@@ -3,9 +3,11 @@
 
 mod adaround;
 mod compare;
+mod distill;
 mod eval;
 mod feed;
 mod fuse;
+mod qat;
 mod quantize;
 mod quantize_rollback;
 mod retrain;
@@ -95,6 +97,8 @@ pub fn run_stage(ctx: &StageContext) -> Result<StageOutput, StageError> {
         StageParams::Fuse(p) => fuse::run(ctx, p),
         StageParams::Quantize(p) => quantize::run(ctx, p),
         StageParams::Eval(p) => eval::run(ctx, p),
+        StageParams::Distill(p) => distill::run(ctx, p),
+        StageParams::Train(p) if ctx.spec.kind == crate::recipe::StageKind::Qat => qat::run(ctx, p),
         StageParams::Train(p) => retrain::run(ctx, p),
     }
 }

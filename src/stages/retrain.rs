@@ -6,7 +6,7 @@
 use super::supervised::{validate, Supervised};
 use super::{StageContext, StageError, StageOutput};
 use crate::recipe::TrainParams;
-use crate::train::{RunSetup, Trainer, Validation};
+use crate::train::{FitSummary, RunSetup, Trainer, Validation};
 
 /// The loss curve's file in the stage's outputs (linked from report.md).
 const LOSS_PLOT: &str = "loss_curve.svg";
@@ -17,7 +17,7 @@ pub fn run(ctx: &StageContext, params: &TrainParams) -> Result<StageOutput, Stag
     let data = ctx.data.ok_or_else(|| {
         StageError::Invalid("retrain needs `data` (a labelled training set)".into())
     })?;
-    let mut trainer = Trainer::new(model, params, ctx.device, &[])?;
+    let mut trainer = Trainer::new(model, params, ctx.device, &[], false)?;
     let mut objective = Supervised {
         model,
         loss: params.loss.clone(),
@@ -36,20 +36,30 @@ pub fn run(ctx: &StageContext, params: &TrainParams) -> Result<StageOutput, Stag
     };
     let summary = trainer.fit(&setup, &mut objective, Some(&mut validator))?;
     let trained = trainer.model()?;
+    let mut out = StageOutput::new(Some(trained), training_metrics(&summary));
+    push_loss_plot(&mut out, &summary, ctx);
+    Ok(out)
+}
+
+/// A training stage's metrics: the history, and the kept epoch's validation figures.
+pub(super) fn training_metrics(summary: &FitSummary) -> serde_json::Value {
     let mut metrics = summary.to_json();
-    if let Some(last) = summary
+    let kept = summary
         .progress
         .epochs
         .iter()
-        .rev()
-        .find(|e| e["epoch"] == summary.kept_epoch)
-    {
-        metrics["val_accuracy"] = last["val_accuracy"].clone();
-        metrics["val_loss"] = last["val_loss"].clone();
+        .find(|e| e["epoch"] == summary.kept_epoch);
+    if let Some(kept) = kept {
+        metrics["val_accuracy"] = kept["val_accuracy"].clone();
+        metrics["val_loss"] = kept["val_loss"].clone();
     }
-    let mut out = StageOutput::new(Some(trained), metrics);
-    if let Some(svg) = summary.loss_svg(&format!("{} ({})", ctx.spec.name, ctx.spec.kind.name())) {
+    metrics
+}
+
+/// Adds the loss plot (`loss_curve.svg`, linked from report.md) to a training stage's outputs.
+pub(super) fn push_loss_plot(out: &mut StageOutput, summary: &FitSummary, ctx: &StageContext) {
+    let title = format!("{} ({})", ctx.spec.name, ctx.spec.kind.name());
+    if let Some(svg) = summary.loss_svg(&title) {
         out.files.push((LOSS_PLOT.to_string(), svg.into_bytes()));
     }
-    Ok(out)
 }

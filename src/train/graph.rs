@@ -83,10 +83,13 @@ pub fn training_graph(model: &Model, mode: BatchNormMode) -> TrainGraph {
 /// The trained parameters among the executor's float initializers: all but
 /// `frozen`, in name order (so updates and checkpoints are deterministic).
 /// Weights of rank 2 and more get weight decay; with `keep_sparsity`, those
-/// holding exact zeros (but not only zeros) get a mask that keeps them zero.
+/// holding exact zeros (but not only zeros) get a mask that keeps them zero;
+/// those in `positive` (quantization scales) never fall below a thousandth of
+/// their smallest starting value.
 pub fn select_params<'a>(
     all: impl Iterator<Item = (&'a str, &'a Var)>,
     frozen: &[String],
+    positive: &[String],
     keep_sparsity: bool,
 ) -> Result<Vec<Param>, TrainError> {
     let mut params = Vec::new();
@@ -105,10 +108,77 @@ pub fn select_params<'a>(
             var: var.clone(),
             decay: rank >= 2,
             mask,
+            floor: match positive.iter().any(|l| l == name) {
+                // A thousandth of the smallest starting value.
+                true => Some(
+                    var.as_tensor()
+                        .flatten_all()?
+                        .min(0)?
+                        .to_dtype(CDType::F64)?
+                        .to_scalar::<f64>()?
+                        * 1e-3,
+                ),
+                false => None,
+            },
         });
     }
     params.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(params)
+}
+
+/// A weight quantizer: QuantizeLinear on a float initializer, with an initializer scale.
+#[derive(Debug, Clone)]
+pub struct WeightQuantizer {
+    pub weight: String,
+    pub scale: String,
+    /// The per-channel axis; `None` for one scale.
+    pub axis: Option<usize>,
+}
+
+/// The weight quantizers of a fake-quant graph.
+pub fn weight_quantizers(model: &Model) -> Vec<WeightQuantizer> {
+    let inits = &model.graph.initializers;
+    model
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| n.op_type == "QuantizeLinear" && n.inputs.len() >= 2)
+        .filter(|n| inits.contains_key(&n.inputs[0]) && inits.contains_key(&n.inputs[1]))
+        .map(|n| {
+            let rank = inits[&n.inputs[0]].dims.len().max(1) as i64;
+            let vector = inits[&n.inputs[1]].numel() > 1;
+            WeightQuantizer {
+                weight: n.inputs[0].clone(),
+                scale: n.inputs[1].clone(),
+                axis: vector.then(|| n.int_or("axis", 1).rem_euclid(rank) as usize),
+            }
+        })
+        .collect()
+}
+
+/// Per-channel (or whole-tensor) largest magnitude of `w`, shaped like its scale.
+pub fn channel_max(w: &Tensor, axis: Option<usize>) -> Result<Tensor, TrainError> {
+    let a = w.abs()?;
+    Ok(match axis {
+        Some(axis) => a.transpose(0, axis)?.flatten_from(1)?.max(1)?,
+        None => a.flatten_all()?.max(0)?,
+    })
+}
+
+/// The scales of QuantizeLinear/DequantizeLinear nodes that are initializers.
+pub fn quantization_scales(model: &Model) -> Vec<String> {
+    let mut out: Vec<String> = model
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op_type.as_str(), "QuantizeLinear" | "DequantizeLinear"))
+        .filter_map(|n| n.inputs.get(1))
+        .filter(|s| model.graph.initializers.contains_key(*s))
+        .cloned()
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// 0 where `w` is exactly zero, 1 elsewhere; `None` when no element (or every element) is zero.

@@ -19,6 +19,8 @@ pub struct Param {
     pub decay: bool,
     /// 1 where the weight may change, 0 where it stays zero (pruned).
     pub mask: Option<Tensor>,
+    /// Values never fall below this after an update (quantization scales stay positive).
+    pub floor: Option<f64>,
 }
 
 /// An optimizer and its per-parameter state.
@@ -68,10 +70,14 @@ impl Optimizer {
             }
             // Detached too: an op on the variable is tracked, and the state built from it
             // would chain every step's buffers to the previous ones.
-            let w = &p.var.as_tensor().detach();
+            let w = p.var.as_tensor().detach();
             let updated = match self.cfg.kind {
-                OptimizerKind::Sgd => self.sgd(p, w, g, lr)?,
-                OptimizerKind::Adamw => self.adamw(p, w, g, lr)?,
+                OptimizerKind::Sgd => self.sgd(p, &w, g, lr)?,
+                OptimizerKind::Adamw => self.adamw(p, &w, g, lr)?,
+            };
+            let updated = match p.floor {
+                Some(f) => updated.maximum(f)?,
+                None => updated,
             };
             p.var.set(&updated)?;
         }
@@ -198,6 +204,7 @@ mod tests {
             var: Var::from_tensor(&t).unwrap(),
             decay,
             mask: None,
+            floor: None,
         }
     }
 
@@ -301,6 +308,17 @@ mod tests {
             .step(std::slice::from_ref(&q), &grads, 0.1, 1.0)
             .unwrap();
         assert_eq!(values(&q)[1], values(&p)[1]);
+    }
+
+    #[test]
+    fn a_floor_keeps_values_above_it() {
+        let mut opt = Optimizer::new(&OptimizerConfig::default());
+        let mut p = param(&[1e-3, 2.0], false);
+        p.floor = Some(1e-4);
+        let grads = grads_of(&p, &[100.0, 100.0]);
+        opt.step(std::slice::from_ref(&p), &grads, 0.1, 1.0)
+            .unwrap();
+        assert_eq!(values(&p), vec![1e-4, 1e-4]);
     }
 
     #[test]

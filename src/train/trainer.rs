@@ -13,7 +13,9 @@ use candle_core::{DType as CDType, Device, Tensor, Var};
 use serde_json::json;
 
 use super::checkpoint::{self, Checkpoint, Progress};
-use super::graph::{select_params, training_graph, with_values};
+use super::graph::{
+    channel_max, quantization_scales, select_params, training_graph, weight_quantizers, with_values,
+};
 use super::optim::{clip_scale, grad_norm, Optimizer, Param};
 use super::schedule::Schedule;
 use super::TrainError;
@@ -84,6 +86,15 @@ impl FitSummary {
     }
 }
 
+/// A weight scale that follows its weight: `scale = channel max * ratio`, the ratio
+/// fixed by the calibrated scale (which keeps a clip or a low-bit grid chosen by `quantize`).
+struct WeightRange {
+    weight: Var,
+    scale: Var,
+    axis: Option<usize>,
+    ratio: Tensor,
+}
+
 /// Named tensors (a parameter snapshot).
 type Named = Vec<(String, Tensor)>;
 
@@ -121,6 +132,8 @@ pub struct Trainer {
     params: Vec<Param>,
     /// The running-statistic initializers, in `graph.running` order.
     running: Vec<Var>,
+    /// QAT: weight scales recomputed from their weights after every step.
+    weight_ranges: Vec<WeightRange>,
     outputs: usize,
     cfg: TrainParams,
     optimizer: Optimizer,
@@ -129,11 +142,13 @@ pub struct Trainer {
 
 impl Trainer {
     /// Prepares `model` for training with `cfg`; initializers in `frozen` are not trained.
+    /// With `qat`, QuantizeLinear/DequantizeLinear pairs train as fake quantization.
     pub fn new(
         model: &Model,
         cfg: &TrainParams,
         device: &Device,
         frozen: &[String],
+        qat: bool,
     ) -> Result<Self, TrainError> {
         let mut graph = training_graph(model, cfg.batch_norm);
         graph.frozen.extend(frozen.iter().cloned());
@@ -142,11 +157,34 @@ impl Trainer {
             float: CDType::F32,
             track_params: true,
             train: cfg.batch_norm == BatchNormMode::Train,
-            qat: false,
+            qat,
         };
         let exec = Executor::new(&graph.model, options)?;
-        let params = select_params(exec.params(), &graph.frozen, cfg.keep_sparsity)?;
         let vars: HashMap<&str, &Var> = exec.params().collect();
+        // Weight scales follow their weights (AMCT's ARQ); activation scales are learned.
+        let mut weight_ranges = Vec::new();
+        for wq in weight_quantizers(model).into_iter().filter(|_| qat) {
+            let (Some(w), Some(s)) = (vars.get(wq.weight.as_str()), vars.get(wq.scale.as_str()))
+            else {
+                continue;
+            };
+            let start = channel_max(w.as_tensor(), wq.axis)?;
+            let floor = start.maximum(f32::MIN_POSITIVE as f64)?;
+            let ratio = (s.as_tensor().flatten_all()? / floor)?;
+            graph.frozen.push(wq.scale.clone());
+            weight_ranges.push(WeightRange {
+                weight: (*w).clone(),
+                scale: (*s).clone(),
+                axis: wq.axis,
+                ratio,
+            });
+        }
+        let scales = if qat {
+            quantization_scales(model)
+        } else {
+            Vec::new()
+        };
+        let params = select_params(exec.params(), &graph.frozen, &scales, cfg.keep_sparsity)?;
         let running = graph
             .running
             .iter()
@@ -162,6 +200,7 @@ impl Trainer {
             exec,
             params,
             running,
+            weight_ranges,
             cfg: cfg.clone(),
             optimizer: Optimizer::new(&cfg.optimizer),
             device: device.clone(),
@@ -175,12 +214,18 @@ impl Trainer {
 
     /// The source model with the current values of every initializer.
     pub fn model(&self) -> Result<Model, TrainError> {
+        self.values_into(&self.source)
+    }
+
+    /// `model` (a graph with the same initializers, e.g. before a training rewrite) with
+    /// the current values of every initializer.
+    pub fn values_into(&self, model: &Model) -> Result<Model, TrainError> {
         let values: Vec<(&str, &Tensor)> = self
             .exec
             .params()
             .map(|(n, v)| (n, v.as_tensor()))
             .collect();
-        with_values(&self.source, values.into_iter())
+        with_values(model, values.into_iter())
     }
 
     /// Copies of every initializer's current value.
@@ -465,6 +510,11 @@ impl Trainer {
                 .to_dtype(var.dtype())?
                 .reshape(var.shape())?;
             var.set(&t)?;
+        }
+        for r in &self.weight_ranges {
+            let max = channel_max(&r.weight.as_tensor().detach(), r.axis)?;
+            let s = (max * &r.ratio)?.maximum(f32::MIN_POSITIVE as f64)?;
+            r.scale.set(&s.reshape(r.scale.shape())?)?;
         }
         Ok((value, correct))
     }

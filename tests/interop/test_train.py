@@ -1,6 +1,7 @@
-"""A model trained by `amct run` (stage `retrain`) scores the same in
-onnxruntime as in amct's own eval: the export carries every trained weight and
-the updated BatchNormalization statistics."""
+"""Models trained by `amct run` score the same in onnxruntime as in amct's own
+eval: `retrain`'s export carries every trained weight and the updated
+BatchNormalization statistics; `qat`'s fake-quant and deploy models load with
+graph optimizations on and agree with amct."""
 from __future__ import annotations
 
 import gzip
@@ -33,7 +34,7 @@ def test_trained_model_scores_the_same_in_onnxruntime(tmp_path):
     run_amct("run", path, "--out", out, "--cache", tmp_path / "cache",
              "--set", "data.train.limit=3072", "--set", "stages.train.epochs=1",
              "--set", "stages.train.schedule.warmup_steps=10", "--set", "stages.train.optimizer.lr=0.02",
-             "--set", f"data.test.limit={N_TEST}")
+             "--set", f"data.test.limit={N_TEST}", "--set", "stages.qat.max_steps=10")
     report = json.loads((out / "report.json").read_text())
     stages = {s["name"]: s for s in report["stages"]}
     amct_top1 = stages["eval"]["metrics"]["train"]["top1"]
@@ -47,3 +48,10 @@ def test_trained_model_scores_the_same_in_onnxruntime(tmp_path):
     ort_top1 = float((logits.argmax(1) == y).mean())
     assert amct_top1 > 0.7, f"one short epoch should reach 70%, got {amct_top1}"
     assert abs(ort_top1 - amct_top1) <= 1.0 / N_TEST, (ort_top1, amct_top1)
+
+    qat_top1 = stages["eval"]["metrics"]["qat"]["top1"]
+    for name in ("fake_quant.onnx", "deploy.onnx"):
+        qat_logits = ort_run(out / "qat" / name, {"input": x})["logits"]
+        top1 = float((qat_logits.argmax(1) == y).mean())
+        # onnxruntime's integer kernels may round a few values differently from literal QDQ.
+        assert abs(top1 - qat_top1) <= 3.0 / N_TEST, (name, top1, qat_top1)

@@ -143,11 +143,11 @@ fn lsq_scaled(scale: &Tensor, dims: &[usize], qmax: f64) -> Result<Tensor> {
 pub fn dequantize_linear(ctx: &OpCtx) -> Result<Vec<Value>> {
     let x = ctx.input(0)?;
     let scale = ctx.input(1)?;
-    if x.is_float() {
+    // A QAT QuantizeLinear's output holds its integers in a float tensor (ONNX type int).
+    if x.dtype.is_float() || (x.is_float() && !ctx.qat) {
         return Err(ctx.unsupported(&format!("dequantizing {}", x.dtype)));
     }
     let dims = x.dims().to_vec();
-    // A QAT QuantizeLinear's output holds its integers in a float tensor.
     let float_held = x.tensor.dtype().is_float();
     let mut diff = x.tensor.clone();
     if let Some(z) = ctx.opt_input(2) {
