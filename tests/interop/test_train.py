@@ -1,7 +1,7 @@
 """Models trained by `amct run` score the same in onnxruntime as in amct's own
 eval: `retrain`'s export carries every trained weight and the updated
-BatchNormalization statistics; `qat`'s fake-quant and deploy models load with
-graph optimizations on and agree with amct."""
+BatchNormalization statistics; the fake-quant and deploy models of `qat` and
+`distill` load with graph optimizations on and agree with amct."""
 from __future__ import annotations
 
 import gzip
@@ -34,7 +34,10 @@ def test_trained_model_scores_the_same_in_onnxruntime(tmp_path):
     run_amct("run", path, "--out", out, "--cache", tmp_path / "cache",
              "--set", "data.train.limit=3072", "--set", "stages.train.epochs=1",
              "--set", "stages.train.schedule.warmup_steps=10", "--set", "stages.train.optimizer.lr=0.02",
-             "--set", f"data.test.limit={N_TEST}", "--set", "stages.qat.max_steps=10")
+             "--set", f"data.test.limit={N_TEST}", "--set", "stages.qat.max_steps=10",
+             "--set", "stages.distill.max_steps=10",
+             # uint8 weights: onnxruntime's u8s8 kernels saturate on CPUs without VNNI.
+             "--set", "stages.quantize.weight.type=uint8")
     report = json.loads((out / "report.json").read_text())
     stages = {s["name"]: s for s in report["stages"]}
     amct_top1 = stages["eval"]["metrics"]["train"]["top1"]
@@ -49,9 +52,14 @@ def test_trained_model_scores_the_same_in_onnxruntime(tmp_path):
     assert amct_top1 > 0.7, f"one short epoch should reach 70%, got {amct_top1}"
     assert abs(ort_top1 - amct_top1) <= 1.0 / N_TEST, (ort_top1, amct_top1)
 
-    qat_top1 = stages["eval"]["metrics"]["qat"]["top1"]
-    for name in ("fake_quant.onnx", "deploy.onnx"):
-        qat_logits = ort_run(out / "qat" / name, {"input": x})["logits"]
-        top1 = float((qat_logits.argmax(1) == y).mean())
-        # onnxruntime's integer kernels may round a few values differently from literal QDQ.
-        assert abs(top1 - qat_top1) <= 3.0 / N_TEST, (name, top1, qat_top1)
+    for stage in ("qat", "distill"):
+        amct_stage_top1 = stages["eval"]["metrics"][stage]["top1"]
+        for name in ("fake_quant.onnx", "deploy.onnx"):
+            # Literal QDQ semantics (no fusion): the same arithmetic as amct's executor.
+            literal = ort_run(out / stage / name, {"input": x}, optimize=False)["logits"].argmax(1)
+            top1 = float((literal == y).mean())
+            assert abs(top1 - amct_stage_top1) <= 1.0 / N_TEST, (stage, name, top1, amct_stage_top1)
+            # Optimized: onnxruntime's integer kernels round some intermediate values
+            # differently, which flips a few low-margin predictions of this briefly trained model.
+            fused = ort_run(out / stage / name, {"input": x})["logits"].argmax(1)
+            assert float((fused == literal).mean()) >= 0.98, (stage, name)
