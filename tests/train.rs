@@ -445,3 +445,40 @@ fn distill_trains_a_quantized_student_without_labels() {
         assert!(out.join("distill").join(f).is_file(), "distill/{f} missing");
     }
 }
+
+#[test]
+fn keep_best_returns_the_best_epoch_and_early_stopping_stops() {
+    let dir = scratch("best");
+    // A learning rate far too high: the validation loss gets worse after the first epochs.
+    let stage = "epochs = 6\nmetric = \"loss\"\nearly_stopping = 1\nkeep_best = true\n\
+                 optimizer = { kind = \"sgd\", lr = 2.0, momentum = 0.9 }\nclip_grad_norm = 50.0";
+    let r = recipe(&dir, &fashion_cnn(), 256, stage);
+    let eval =
+        "\n[stages.eval]\nkind = \"eval\"\ninputs = [\"train\"]\ndata = \"val\"\nlatency = false\n";
+    let text = std::fs::read_to_string(&r).unwrap() + eval;
+    std::fs::write(&r, text).unwrap();
+    ok(command(&r, &dir, "out", "cache").output().unwrap());
+    let m = metrics(&dir, "out");
+    let epochs = m["epochs"].as_array().unwrap();
+    let losses: Vec<f64> = epochs
+        .iter()
+        .map(|e| e["val_loss"].as_f64().unwrap())
+        .collect();
+    let best = (0..losses.len())
+        .min_by(|&a, &b| losses[a].total_cmp(&losses[b]))
+        .unwrap();
+    assert_eq!(m["kept_epoch"], best + 1, "{losses:?}");
+    assert_eq!(m["best_validation"].as_f64().unwrap(), losses[best]);
+    assert_eq!(m["val_loss"].as_f64().unwrap(), losses[best]);
+    // Stopped one epoch after the last improvement, before epoch 6.
+    assert!(m["stopped_early"].as_bool().unwrap(), "{losses:?}");
+    assert_eq!(epochs.len(), best + 2, "{losses:?}");
+    // The written model is the kept epoch's: an eval stage on the same 500 images
+    // measures that epoch's validation accuracy.
+    let kept_acc = epochs[best]["val_accuracy"].as_f64().unwrap();
+    assert_eq!(m["val_accuracy"].as_f64().unwrap(), kept_acc);
+    let text = std::fs::read_to_string(dir.join("out/report.json")).unwrap();
+    let report: Value = serde_json::from_str(&text).unwrap();
+    let eval = &report["stages"][1]["metrics"]["train"]["top1"];
+    assert_eq!(eval.as_f64().unwrap(), kept_acc, "{losses:?}");
+}
