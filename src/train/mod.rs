@@ -8,11 +8,13 @@ pub mod graph;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
+pub mod summary;
 pub mod trainer;
 
 use thiserror::Error;
 
-pub use trainer::{FitSummary, Objective, RunSetup, Trainer, Validation, Validator};
+pub use summary::FitSummary;
+pub use trainer::{Objective, RunSetup, Trainer, Validation, Validator};
 
 #[derive(Debug, Error)]
 pub enum TrainError {

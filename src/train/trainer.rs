@@ -18,6 +18,7 @@ use super::graph::{
 };
 use super::optim::{clip_scale, grad_norm, Optimizer, Param};
 use super::schedule::Schedule;
+use super::summary::FitSummary;
 use super::TrainError;
 use crate::data::{open_dataset, Batch, BatchOptions, Batches, DataConfig};
 use crate::exec::{ExecOptions, Executor, Value};
@@ -56,36 +57,6 @@ pub struct RunSetup<'a> {
     pub label: &'a str,
 }
 
-/// What `fit` did.
-#[derive(Debug, Clone)]
-pub struct FitSummary {
-    pub progress: Progress,
-    /// The step a resumed run started from.
-    pub resumed_at_step: Option<usize>,
-    pub stopped_early: bool,
-    /// The epoch (1-based) whose parameters the model holds.
-    pub kept_epoch: usize,
-    pub seconds: f64,
-    pub samples_per_s: f64,
-}
-
-impl FitSummary {
-    /// The history as report metrics: per-epoch records and the loss curve.
-    pub fn to_json(&self) -> serde_json::Value {
-        json!({
-            "steps": self.progress.step,
-            "epochs": self.progress.epochs,
-            "loss_curve": self.progress.curve,
-            "kept_epoch": self.kept_epoch,
-            "best_validation": self.progress.best.map(|b| b.0),
-            "stopped_early": self.stopped_early,
-            "resumed_at_step": self.resumed_at_step,
-            "seconds": self.seconds,
-            "samples_per_s": self.samples_per_s,
-        })
-    }
-}
-
 /// A weight scale that follows its weight: `scale = channel max * ratio`, the ratio
 /// fixed by the calibrated scale (which keeps a clip or a low-bit grid chosen by `quantize`).
 struct WeightRange {
@@ -97,33 +68,6 @@ struct WeightRange {
 
 /// Named tensors (a parameter snapshot).
 type Named = Vec<(String, Tensor)>;
-
-impl FitSummary {
-    /// The loss curve (and each epoch's validation loss) as an SVG plot.
-    pub fn loss_svg(&self, title: &str) -> Option<String> {
-        use crate::report::plot::{line_plot, Series};
-        let p = &self.progress;
-        let train = p.curve.iter().map(|&(s, l)| (s as f64, l)).collect();
-        let validation = p
-            .epochs
-            .iter()
-            .filter_map(|e| Some((e["step"].as_f64()?, e["val_loss"].as_f64()?)))
-            .collect();
-        let series = [
-            Series {
-                name: "training loss",
-                points: train,
-                line: true,
-            },
-            Series {
-                name: "validation loss",
-                points: validation,
-                line: false,
-            },
-        ];
-        line_plot(title, "optimizer step", "loss", &series)
-    }
-}
 
 /// A model being trained.
 pub struct Trainer {
