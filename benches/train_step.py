@@ -11,11 +11,14 @@ PyTorch runs in this process with `torch.set_num_threads(2)`; amct runs its
 
 Needs Debian's python3-torch (`benches/setup_torch.sh`) and a release build of amct.
 Usage: /usr/bin/python3 benches/train_step.py --amct target/release/amct [--iters 5]
+With `--device cuda` (an amct built with `--features cuda`, a CUDA PyTorch) both tools
+train on the GPU instead; PyTorch's steps are timed up to a device synchronisation.
 Prints a markdown table.
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import subprocess
@@ -80,19 +83,23 @@ def export(model: nn.Module, shape, path: Path) -> None:
     # Training mode keeps BatchNormalization as a node (training_mode = 1: batch statistics);
     # an eval-mode export folds it into the convolutions.
     model.train()
+    # Newer PyTorch defaults to the dynamo exporter, which has no training-mode export.
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     torch.onnx.export(model, torch.randn(2, *shape), str(path), opset_version=15,
                       training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False,
                       input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, **legacy)
     text = path.read_bytes()
     if b"BatchNormalization" not in text:
         sys.exit(f"{path}: the export folded BatchNormalization away; the comparison would be unfair")
 
 
-def torch_ips(model: nn.Module, shape, batch: int, classes: int, warmup: int, iters: int) -> float:
-    model.train()
-    x = torch.randn(batch, *shape)
-    y = torch.tensor([i * 7919 % classes for i in range(batch)])
+def torch_ips(model: nn.Module, shape, batch: int, classes: int, warmup: int, iters: int,
+              device: str) -> float:
+    model.to(device).train()
+    x = torch.randn(batch, *shape, device=device)
+    y = torch.tensor([i * 7919 % classes for i in range(batch)], device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
 
@@ -104,15 +111,17 @@ def torch_ips(model: nn.Module, shape, batch: int, classes: int, warmup: int, it
 
     for _ in range(warmup):
         step()
+    sync()
     t0 = time.perf_counter()
     for _ in range(iters):
         step()
+    sync()
     return batch * iters / (time.perf_counter() - t0)
 
 
-def amct_ips(amct: str, model: Path, batch: int, warmup: int, iters: int) -> dict:
+def amct_ips(amct: str, model: Path, batch: int, warmup: int, iters: int, device: str) -> dict:
     cmd = [amct, "bench-train", str(model), "--batch", str(batch), "--iters", str(iters),
-           "--warmup", str(warmup)]
+           "--warmup", str(warmup), "--device", device]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"`{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stderr}")
@@ -124,13 +133,15 @@ def main() -> int:
     ap.add_argument("--amct", default=os.environ.get("AMCT_BIN", str(ROOT / "target/release/amct")))
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args()
     if not Path(args.amct).is_file():
         sys.exit(f"no amct binary at {args.amct} (cargo build --release)")
     warnings.filterwarnings("ignore", category=UserWarning)
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), {os.cpu_count()} CPUs, "
+    print(f"device {args.device}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"{os.cpu_count()} CPUs, "
           f"{args.iters} steps after {args.warmup} warm-up\n")
     print("| model | batch | amct img/s | PyTorch img/s | amct/PyTorch | amct loss first -> last |")
     print("|---|---:|---:|---:|---:|---|")
@@ -139,8 +150,8 @@ def main() -> int:
             net = build(classes)
             path = Path(tmp) / (name.split()[0] + ".onnx")
             export(net, shape, path)
-            a = amct_ips(args.amct, path, batch, args.warmup, args.iters)
-            t = torch_ips(net, shape, batch, classes, args.warmup, args.iters)
+            a = amct_ips(args.amct, path, batch, args.warmup, args.iters, args.device)
+            t = torch_ips(net, shape, batch, classes, args.warmup, args.iters, args.device)
             print(f"| {name} | {batch} | {a['images_per_s']:.1f} | {t:.1f} | "
                   f"{a['images_per_s'] / t:.2f} | {a['loss_first']:.3f} -> {a['loss_last']:.3f} |",
                   flush=True)

@@ -5,6 +5,7 @@ pub mod batch_norm;
 pub mod conv2d;
 mod conv2d_gemm;
 pub mod depthwise;
+pub mod fake_quant;
 pub mod pool2d;
 #[cfg(test)]
 mod test_util;

@@ -7,6 +7,7 @@
 
 use candle_core::{DType, Tensor};
 
+use super::conv_taps::{depthwise_by_taps, TapGeometry};
 use super::OpCtx;
 use crate::exec::error::Result;
 use crate::exec::kernels::conv2d::{conv2d as kernel_conv2d, Conv2dParams, FusedActivation};
@@ -169,6 +170,13 @@ pub fn conv(ctx: &OpCtx) -> Result<Vec<Value>> {
         };
         let bias = bias.map(|b| b.flatten_all()).transpose()?;
         return finish(kernel_conv2d(&x, &w, bias.as_ref(), &p)?, n, xv.dtype);
+    } else if is_depthwise(&x, &w, groups)? && !x.device().is_cpu() {
+        let taps = TapGeometry {
+            pads: g.pads,
+            stride: g.stride,
+            dilation: g.dilation,
+        };
+        add_bias(depthwise_by_taps(&x, &w, &taps)?, bias.as_ref())?
     } else {
         let uniform_stride = g.stride[0] == g.stride[1];
         let stride = if uniform_stride { g.stride[0] } else { 1 };
@@ -207,6 +215,11 @@ fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
 /// operands of one dtype on CPU. Elsewhere candle's `conv2d`.
 fn is_cpu_float(x: &Tensor, w: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == w.dtype() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// One group per input channel and one output channel per group.
+fn is_depthwise(x: &Tensor, w: &Tensor, groups: usize) -> Result<bool> {
+    Ok(groups > 1 && groups == x.dim(1)? && w.dim(0)? == groups && w.dim(1)? == 1)
 }
 
 /// Whether [`depthwise_conv2d_fused`] runs this convolution: one group per input channel (more than

@@ -15,6 +15,7 @@ use candle_core::{DType as CDType, Tensor};
 
 use super::OpCtx;
 use crate::exec::error::Result;
+use crate::exec::kernels::fake_quant::{fake_quantize, QuantGrid};
 use crate::exec::Value;
 use crate::graph::{DType, Node};
 
@@ -103,6 +104,12 @@ pub fn quantize_linear(ctx: &OpCtx) -> Result<Vec<Value>> {
     };
     let (qmin, qmax) =
         qrange(out_dtype).ok_or_else(|| ctx.unsupported(&format!("quantizing to {out_dtype}")))?;
+    if ctx.qat && x.device().is_cpu() {
+        return Ok(vec![Value::new(
+            fused_fake_quantize(ctx, &x, zp, qmin, qmax)?,
+            out_dtype,
+        )]);
+    }
     let mut scale = broadcastable(
         ctx,
         &ctx.float_tensor(1)?.to_dtype(x.dtype())?,
@@ -122,6 +129,42 @@ pub fn quantize_linear(ctx: &OpCtx) -> Result<Vec<Value>> {
     let q = q.clamp(qmin, qmax)?;
     let q = if ctx.qat { q } else { q.to_dtype(CDType::I64)? };
     Ok(vec![Value::new(q, out_dtype)])
+}
+
+/// QuantizeLinear in QAT mode on the CPU: the fused kernel, with the same straight-through
+/// gradients as the composite ops below and LSQ's scaling of the scale's gradient.
+fn fused_fake_quantize(
+    ctx: &OpCtx,
+    x: &Tensor,
+    zp: Option<&Value>,
+    qmin: f64,
+    qmax: f64,
+) -> Result<Tensor> {
+    let dims = x.dims();
+    let scale = ctx.float_tensor(1)?.to_dtype(x.dtype())?.flatten_all()?;
+    let axis = if scale.elem_count() == 1 {
+        None
+    } else {
+        let a = ctx.axis(ctx.node.int_or("axis", 1), dims.len())?;
+        if scale.elem_count() != dims[a] {
+            return Err(ctx.err(&format!(
+                "scale of {} elements does not fit axis {a} of {dims:?}",
+                scale.elem_count()
+            )));
+        }
+        Some(a)
+    };
+    let zero_point = match zp {
+        Some(z) => z
+            .tensor
+            .to_dtype(CDType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?,
+        None => vec![0.0],
+    };
+    let scale = lsq_scaled(&scale, dims, qmax)?;
+    let grid = QuantGrid::new(dims, axis, zero_point, qmin, qmax);
+    Ok(fake_quantize(x, &scale, grid)?)
 }
 
 /// LSQ's gradient scaling (Esser et al., 2020): the same value as `scale`, with its gradient
