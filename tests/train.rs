@@ -387,6 +387,39 @@ fn qat_learns_scales_and_writes_consistent_fake_quant_and_deploy_models() {
 }
 
 #[test]
+fn qat_trains_per_tensor_weight_scales() {
+    let dir = scratch("qat-per-tensor");
+    let r = qat_recipe(
+        &dir,
+        "weight = { per_channel = false, bits = 4 }",
+        "max_steps = 3\nkeep_best = false",
+    );
+    ok(command(&r, &dir, "out", "cache").output().unwrap());
+    let ptq = load(&dir.join("out/quantize/fake_quant.onnx"));
+    let fake = load(&dir.join("out/qat/fake_quant.onnx"));
+    // Every weight scale is one number, and follows its (trained) weight.
+    let weight_scales = |m: &Model| -> Vec<f32> {
+        let mut v: Vec<(String, f32)> = m
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| n.op_type == "QuantizeLinear")
+            .filter(|n| m.graph.initializers.contains_key(&n.inputs[0]))
+            .map(|n| {
+                let s = floats(m, &n.inputs[1]);
+                assert_eq!(s.len(), 1, "{} is not per tensor", n.inputs[1]);
+                (n.inputs[1].clone(), s[0])
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.into_iter().map(|(_, s)| s).collect()
+    };
+    let (before, after) = (weight_scales(&ptq), weight_scales(&fake));
+    assert!(before.len() >= 3, "{before:?}");
+    assert_ne!(before, after, "weight scales did not follow the weights");
+}
+
+#[test]
 fn qat_refuses_a_float_model() {
     let dir = scratch("qat-float");
     let r = recipe(&dir, &fashion_cnn(), 256, "max_steps = 1");

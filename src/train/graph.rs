@@ -161,7 +161,8 @@ pub fn channel_max(w: &Tensor, axis: Option<usize>) -> Result<Tensor, TrainError
     let a = w.abs()?;
     Ok(match axis {
         Some(axis) => a.transpose(0, axis)?.flatten_from(1)?.max(1)?,
-        None => a.flatten_all()?.max(0)?,
+        // One element, as the trainer divides the flattened scale by it.
+        None => a.flatten_all()?.max_keepdim(0)?,
     })
 }
 
