@@ -175,25 +175,6 @@ fn dx<T: WithDType>(x: &[T], gamma: &[T], gy: &[T], p: Planes, eps: f64) -> Vec<
     out
 }
 
-macro_rules! dispatch {
-    ($s:expr, |$t:ident| $body:expr) => {
-        match $s {
-            CpuStorage::F32(_) => {
-                type $t = f32;
-                CpuStorage::F32($body)
-            }
-            CpuStorage::F64(_) => {
-                type $t = f64;
-                CpuStorage::F64($body)
-            }
-            other => bail!(
-                "batch_norm_train: f32 or f64 operands, got {:?}",
-                other.dtype()
-            ),
-        }
-    };
-}
-
 /// `(x, gamma, beta) -> y`.
 struct BnTrain {
     eps: f64,
@@ -214,7 +195,7 @@ impl CustomOp3 for BnTrain {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let p = Planes::of(l1.dims())?;
-        let out = dispatch!(s1, |T| fwd::<T>(
+        let out = dispatch_float_storage!("batch_norm_train", s1, |T| fwd::<T>(
             contiguous_slice(s1, l1, "batch_norm_train operand")?,
             contiguous_slice(s2, l2, "batch_norm_train operand")?,
             contiguous_slice(s3, l3, "batch_norm_train operand")?,
@@ -259,7 +240,7 @@ impl CustomOp3 for BnGradX {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let p = Planes::of(l1.dims())?;
-        let out = dispatch!(s1, |T| dx::<T>(
+        let out = dispatch_float_storage!("batch_norm_train", s1, |T| dx::<T>(
             contiguous_slice(s1, l1, "batch_norm_train operand")?,
             contiguous_slice(s2, l2, "batch_norm_train operand")?,
             contiguous_slice(s3, l3, "batch_norm_train operand")?,
@@ -288,7 +269,7 @@ impl CustomOp2 for BnGradParams {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let p = Planes::of(l1.dims())?;
-        let out = dispatch!(s1, |T| {
+        let out = dispatch_float_storage!("batch_norm_train", s1, |T| {
             let (dg, db, _, _) = param_grads::<T>(
                 contiguous_slice(s1, l1, "batch_norm_train operand")?,
                 contiguous_slice(s2, l2, "batch_norm_train operand")?,
@@ -311,7 +292,7 @@ impl candle_core::CustomOp1 for BnStats {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let p = Planes::of(l.dims())?;
-        let out = dispatch!(s, |T| {
+        let out = dispatch_float_storage!("batch_norm_train", s, |T| {
             let (mean, var) = moments::<T>(p, contiguous_slice(s, l, "batch_norm_train operand")?);
             mean.into_iter().chain(var).map(T::from_f64).collect()
         });

@@ -99,25 +99,6 @@ pub fn fake_quantize(x: &Tensor, scale: &Tensor, grid: QuantGrid) -> Result<Tens
     x.contiguous()?.apply_op2(&scale, FakeQuant(grid))
 }
 
-macro_rules! dispatch {
-    ($s:expr, |$t:ident| $body:expr) => {
-        match $s {
-            CpuStorage::F32(_) => {
-                type $t = f32;
-                CpuStorage::F32($body)
-            }
-            CpuStorage::F64(_) => {
-                type $t = f64;
-                CpuStorage::F64($body)
-            }
-            other => bail!(
-                "fake_quantize: f32 or f64 operands, got {:?}",
-                other.dtype()
-            ),
-        }
-    };
-}
-
 fn forward<T: Float>(x: &[T], s: &[T], g: &QuantGrid) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
     out.par_chunks_mut(CHUNK)
@@ -178,7 +159,7 @@ impl CustomOp2 for FakeQuant {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = dispatch!(s1, |T| forward::<T>(
+        let out = dispatch_float_storage!("fake_quantize", s1, |T| forward::<T>(
             contiguous_slice(s1, l1, "fake_quantize input")?,
             contiguous_slice(s2, l2, "fake_quantize scale")?,
             &self.0
@@ -221,7 +202,7 @@ impl CustomOp3 for FakeQuantGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = dispatch!(s1, |T| backward::<T>(
+        let out = dispatch_float_storage!("fake_quantize", s1, |T| backward::<T>(
             contiguous_slice(s1, l1, "fake_quantize input")?,
             contiguous_slice(s2, l2, "fake_quantize scale")?,
             contiguous_slice(s3, l3, "fake_quantize gradient")?,

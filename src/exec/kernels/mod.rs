@@ -1,5 +1,24 @@
 //! amct's own candle custom ops, each with forward and backward.
 
+/// Runs `$body` with `$t` the float type of the CPU storage `$s` (f32 or f64) and wraps
+/// the `Vec` it returns back into that storage type; other types are an error naming `$op`.
+/// Defined before the modules below so that they can use it.
+macro_rules! dispatch_float_storage {
+    ($op:expr, $s:expr, |$t:ident| $body:expr) => {
+        match $s {
+            CpuStorage::F32(_) => {
+                type $t = f32;
+                CpuStorage::F32($body)
+            }
+            CpuStorage::F64(_) => {
+                type $t = f64;
+                CpuStorage::F64($body)
+            }
+            other => bail!("{}: f32 or f64 operands, got {:?}", $op, other.dtype()),
+        }
+    };
+}
+
 pub mod add_act;
 pub mod batch_norm;
 pub mod conv2d;
