@@ -14,7 +14,9 @@
 //! strictly inside the activation's range.
 
 use super::contiguous_slice;
-use super::conv2d_gemm::{forward_image, grad_w_image, grad_x_image, ConvFloat, Parallelism};
+use super::conv2d_gemm::{
+    forward_image, grad_w_image, grad_x_image, pack_weights, ConvFloat, Parallelism, Weights,
+};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -219,6 +221,11 @@ fn fwd<T: ConvFloat>(g: &Geom, act: FusedActivation, x: &[T], w: &[T], b: Option
     // Not zero-filled: `forward_image` writes every element, and a fill would be one more
     // pass over the output in memory.
     let mut y = Vec::with_capacity(len);
+    let packed = pack_weights(g, w, false);
+    let w = Weights {
+        data: w,
+        packed: packed.as_deref(),
+    };
     over_images(
         g,
         &mut y.spare_capacity_mut()[..len],
@@ -235,6 +242,11 @@ fn fwd<T: ConvFloat>(g: &Geom, act: FusedActivation, x: &[T], w: &[T], b: Option
 fn grad_x<T: ConvFloat>(g: &Geom, gy: &[T], w: &[T]) -> Vec<T> {
     let (xl, yl) = (g.x_len(), g.y_len());
     let mut dx = vec![T::zero(); g.n * xl];
+    let packed = pack_weights(g, w, true);
+    let w = Weights {
+        data: w,
+        packed: packed.as_deref(),
+    };
     over_images(g, &mut dx, xl, |n, dxn, scratch, par| {
         grad_x_image(g, (&gy[n * yl..(n + 1) * yl], w), dxn, scratch, par);
     });

@@ -7,6 +7,7 @@
 //! A 1x1 convolution with unit stride and no padding skips im2col: the image is its own `col`.
 
 use super::conv2d::{FusedActivation, Geom};
+use super::sgemm::{sgemm, Epilogue, Lhs, PackedLhs};
 use candle_core::WithDType;
 pub(super) use gemm::Parallelism;
 use std::cell::RefCell;
@@ -84,10 +85,11 @@ impl<'a, T> MatRef<'a, T> {
     }
 }
 
-/// `dst[m x n] (row-major, contiguous) = [dst +] a * b`.
+/// `dst[m x n] (row-major, contiguous) = [dst +] a * b`; `packed`, when given, is `a`
+/// packed beforehand.
 pub(super) fn matmul<T: WithDType>(
     dst: &mut [T],
-    a: MatRef<T>,
+    (a, packed): (MatRef<T>, Option<&PackedLhs>),
     b: MatRef<T>,
     accumulate: bool,
     par: Parallelism,
@@ -95,19 +97,29 @@ pub(super) fn matmul<T: WithDType>(
     // SAFETY: `MaybeUninit<T>` has `T`'s layout, and `matmul_rows` only stores initialized
     // values (products of `a` and `b`) into it, so `dst` stays a valid `[T]`.
     let dst = unsafe { &mut *(dst as *mut [T] as *mut [MaybeUninit<T>]) };
-    matmul_rows(dst, b.cols, a, b, accumulate, par)
+    matmul_rows(
+        dst,
+        b.cols,
+        (a, packed),
+        b,
+        accumulate,
+        par,
+        Epilogue::default(),
+    )
 }
 
 /// `dst[m x n] = [dst +] a * b` where row `i` of `dst` starts at `dst[i * dst_rs]`. Without
 /// `accumulate` the destination may be uninitialized: every element of the `m x n` block is
-/// written, none read.
+/// written, none read. `packed`, when given, is `a` packed beforehand; a non-empty
+/// `epilogue` needs the `sgemm` path (f32 operands on a CPU that runs it).
 fn matmul_rows<T: WithDType>(
     dst: &mut [MaybeUninit<T>],
     dst_rs: usize,
-    a: MatRef<T>,
+    (a, packed): (MatRef<T>, Option<&PackedLhs>),
     b: MatRef<T>,
     accumulate: bool,
     par: Parallelism,
+    epilogue: Epilogue,
 ) {
     let (m, n, k) = (a.rows, b.cols, a.cols);
     assert!(a.fits() && b.fits() && b.rows == k && dst_rs >= n);
@@ -123,6 +135,24 @@ fn matmul_rows<T: WithDType>(
         }
         return;
     }
+    if let (Some(a32), Some(b32)) = (as_f32(a), as_f32(b)) {
+        if super::sgemm::enabled() {
+            // SAFETY: `enabled()` holds; the asserts above keep `a` and `b` in bounds and
+            // `dst` valid for `m` rows of `n` values at stride `dst_rs`; `dst` is a unique
+            // borrow of `T = f32` values, so nothing aliases.
+            unsafe {
+                let d = dst.as_mut_ptr().cast::<f32>();
+                let lhs = packed.map_or(Lhs::View(a32), Lhs::packed);
+                let threads = !matches!(par, Parallelism::None);
+                sgemm(d, dst_rs, lhs, b32, accumulate, threads, epilogue)
+            };
+            return;
+        }
+    }
+    assert!(
+        epilogue.is_empty(),
+        "an epilogue needs f32 operands and sgemm"
+    );
     // SAFETY: the asserts above keep every index gemm touches inside the three slices: `a` and
     // `b` are read at `i * rs + j * cs` for `i < rows, j < cols` (checked by `fits`), `dst`
     // is written at `i * dst_rs + j` for `i < m, j < n`; `dst` is a unique borrow so nothing
@@ -150,6 +180,58 @@ fn matmul_rows<T: WithDType>(
             par,
         )
     }
+}
+
+/// The same slice with its element type named `f32`, when `T` is `f32`.
+fn f32_slice<T: WithDType>(s: &[T]) -> Option<&[f32]> {
+    if T::DTYPE != candle_core::DType::F32 {
+        return None;
+    }
+    // SAFETY: `T` is `f32` (its dtype says so), so the slice is reinterpreted as itself.
+    Some(unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) })
+}
+
+/// The same view with its element type named `f32`, when `T` is `f32`.
+fn as_f32<T: WithDType>(m: MatRef<'_, T>) -> Option<MatRef<'_, f32>> {
+    Some(MatRef {
+        data: f32_slice(m.data)?,
+        rows: m.rows,
+        cols: m.cols,
+        rs: m.rs,
+        cs: m.cs,
+    })
+}
+
+/// A convolution's weights `w[C_out, K]`, with each group's matrix (or its transpose, for
+/// the input gradient) packed for `sgemm` once per call where that kernel runs.
+#[derive(Clone, Copy)]
+pub(super) struct Weights<'a, T> {
+    pub data: &'a [T],
+    pub packed: Option<&'a [PackedLhs]>,
+}
+
+/// Each group's weight matrix (`transposed`: its transpose) packed for `sgemm`, when `T` is
+/// `f32` and the CPU runs it; packing once per call instead of once per image and block.
+pub(super) fn pack_weights<T: WithDType>(
+    g: &Geom,
+    w: &[T],
+    transposed: bool,
+) -> Option<Vec<PackedLhs>> {
+    if !super::sgemm::enabled() {
+        return None;
+    }
+    let (m, kk) = (g.cout_g, g.col_rows());
+    (0..g.groups)
+        .map(|grp| {
+            let wg = &w[grp * m * kk..(grp + 1) * m * kk];
+            let view = if transposed {
+                MatRef::transposed(wg, kk, m)
+            } else {
+                MatRef::rows(wg, m, kk)
+            };
+            as_f32(view).map(PackedLhs::new)
+        })
+        .collect()
 }
 
 /// For one kernel offset along an axis, the output positions `lo..hi` whose input position
@@ -303,20 +385,25 @@ fn column_block<T>(rows: usize) -> usize {
 /// followed by one pass.
 pub(super) fn forward_image<T: WithDType>(
     g: &Geom,
-    (xn, w, bias): (&[T], &[T], Option<&[T]>),
+    (xn, w, bias): (&[T], Weights<T>, Option<&[T]>),
     (yn, act): (&mut [MaybeUninit<T>], FusedActivation),
     scratch: &mut Vec<T>,
     par: Parallelism,
 ) {
     let (p, kk, m) = (g.out_plane(), g.col_rows(), g.cout_g);
+    // With packed weights the product runs in `sgemm`, which finishes each tile of the output
+    // (bias, activation) itself: one product per group.
+    let fused = w.packed.is_some();
     let block = match par {
-        Parallelism::None => column_block::<T>(m),
+        Parallelism::None if !fused => column_block::<T>(m),
         _ => p,
     };
     let clamp = bounds::<T>(act);
+    let clamp32 = clamp.map(|(lo, hi)| (lo.to_f64() as f32, hi.to_f64() as f32));
     for grp in 0..g.groups {
         let col = columns(g, xn, grp, scratch);
-        let wg = MatRef::rows(&w[grp * m * kk..(grp + 1) * m * kk], m, kk);
+        let wg = MatRef::rows(&w.data[grp * m * kk..(grp + 1) * m * kk], m, kk);
+        let wg = (wg, w.packed.map(|p| &p[grp]));
         let yg = &mut yn[grp * m * p..(grp + 1) * m * p];
         let bg = bias.map(|b| &b[grp * m..(grp + 1) * m]);
         for p0 in (0..p).step_by(block.max(1)) {
@@ -328,8 +415,15 @@ pub(super) fn forward_image<T: WithDType>(
                 rs: p,
                 cs: 1,
             };
-            matmul_rows(&mut yg[p0..], p, wg, cols, false, par);
-            if bg.is_none() && clamp.is_none() {
+            let epilogue = match fused {
+                true => Epilogue {
+                    bias: bg.and_then(f32_slice),
+                    clamp: clamp32,
+                },
+                false => Epilogue::default(),
+            };
+            matmul_rows(&mut yg[p0..], p, wg, cols, false, par, epilogue);
+            if fused || (bg.is_none() && clamp.is_none()) {
                 continue;
             }
             for (o, row) in yg[p0..].chunks_mut(p).enumerate() {
@@ -346,7 +440,7 @@ pub(super) fn forward_image<T: WithDType>(
 /// Input gradient of one image: `dxn[C_in, H, W]` from `gyn[C_out, P]`.
 pub(super) fn grad_x_image<T: WithDType>(
     g: &Geom,
-    (gyn, w): (&[T], &[T]),
+    (gyn, w): (&[T], Weights<T>),
     dxn: &mut [T],
     scratch: &mut Vec<T>,
     par: Parallelism,
@@ -354,10 +448,11 @@ pub(super) fn grad_x_image<T: WithDType>(
     let (p, kk, ip) = (g.out_plane(), g.col_rows(), g.in_plane());
     for grp in 0..g.groups {
         let wt = MatRef::transposed(
-            &w[grp * g.cout_g * kk..(grp + 1) * g.cout_g * kk],
+            &w.data[grp * g.cout_g * kk..(grp + 1) * g.cout_g * kk],
             kk,
             g.cout_g,
         );
+        let wt = (wt, w.packed.map(|p| &p[grp]));
         let gy = MatRef::rows(
             &gyn[grp * g.cout_g * p..(grp + 1) * g.cout_g * p],
             g.cout_g,
@@ -395,6 +490,6 @@ pub(super) fn grad_w_image<T: WithDType>(
             p,
         );
         let dwg = &mut dw[grp * g.cout_g * kk..(grp + 1) * g.cout_g * kk];
-        matmul(dwg, gy, MatRef::transposed(col, p, kk), true, par);
+        matmul(dwg, (gy, None), MatRef::transposed(col, p, kk), true, par);
     }
 }

@@ -26,6 +26,10 @@ mod conv2d_gemm;
 pub mod depthwise;
 pub mod fake_quant;
 pub mod pool2d;
+mod sgemm;
+mod sgemm_avx2;
+#[cfg(test)]
+mod sgemm_tests;
 #[cfg(test)]
 mod test_util;
 

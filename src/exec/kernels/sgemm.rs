@@ -1,0 +1,459 @@
+//! amct's own f32 matrix product for the convolution kernels: depth blocks (KC), column
+//! blocks of `B` (NC) packed into 16-column panels, `A` packed into 6-row panels (once per
+//! product, or once per convolution for its weights: `PackedLhs`), and `sgemm_avx2`'s
+//! register-tile micro-kernel over them. Any strides are accepted (packing absorbs
+//! transposes). Where the CPU lacks AVX2/FMA the caller falls back to the `gemm` crate;
+//! `AMCT_GEMM=crate` forces that fallback.
+
+use super::conv2d_gemm::MatRef;
+use super::sgemm_avx2::{tile_6x16, tile_6x4, tile_6x8, MR, NR};
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+/// Most depth in a packed block: one `B` micro-panel (KC x NR, 20 KiB) and one `A` panel
+/// stay in L1.
+const KC: usize = 320;
+/// Rows of `A` multiplied with one packed block of `B` (MC x KC, 180 KiB, in L2).
+const MC: usize = 144;
+/// Columns of a packed `B` block (KC x NC, 240 KiB), also in L2.
+const NC: usize = 192;
+
+/// The depth of each block for a product of depth `k`: blocks of equal depth, at most `KC`
+/// (576 = 2 x 288 instead of 256 + 256 + 64: every block finishes its tiles of the
+/// destination with one more read and write of them).
+fn depth_step(k: usize) -> usize {
+    k.div_ceil(k.div_ceil(KC).max(1)).max(1)
+}
+
+/// Whether `sgemm` runs on this machine (AVX2 and FMA present, not disabled by
+/// `AMCT_GEMM=crate`).
+pub(super) fn enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        super::sgemm_avx2::available() && std::env::var("AMCT_GEMM").as_deref() != Ok("crate")
+    })
+}
+
+thread_local! {
+    static PACK_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PACK_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A left operand packed once and used for many products (a convolution's weights, for
+/// every image of the batch): for each depth block, all rows as 6-row panels.
+pub(super) struct PackedLhs {
+    data: Vec<f32>,
+    rows: usize,
+    depth: usize,
+}
+
+impl PackedLhs {
+    pub(super) fn new(a: MatRef<f32>) -> Self {
+        let padded = a.rows.next_multiple_of(MR);
+        let mut data = vec![0.0; padded * a.cols];
+        let step = depth_step(a.cols);
+        for p0 in (0..a.cols).step_by(step) {
+            let kc = step.min(a.cols - p0);
+            pack_a(
+                a,
+                (0, a.rows),
+                (p0, kc),
+                &mut data[p0 * padded..][..padded * kc],
+            );
+        }
+        Self {
+            data,
+            rows: a.rows,
+            depth: a.cols,
+        }
+    }
+
+    /// The panels of depth block `p0..p0 + kc` from row `row0` (a multiple of `MR`) on
+    /// (every block before it has the same depth, `depth_step`).
+    fn panels(&self, (p0, kc): (usize, usize), row0: usize) -> &[f32] {
+        let padded = self.rows.next_multiple_of(MR);
+        &self.data[p0 * padded..][row0 * kc..padded * kc]
+    }
+}
+
+/// The left operand of a product: a view, packed as the product runs, or rows
+/// `row0..row0 + rows` of a `PackedLhs`.
+#[derive(Clone, Copy)]
+pub(super) enum Lhs<'a> {
+    View(MatRef<'a, f32>),
+    Packed {
+        packed: &'a PackedLhs,
+        row0: usize,
+        rows: usize,
+    },
+}
+
+impl<'a> Lhs<'a> {
+    pub(super) fn packed(packed: &'a PackedLhs) -> Self {
+        Lhs::Packed {
+            packed,
+            row0: 0,
+            rows: packed.rows,
+        }
+    }
+
+    /// `(rows, depth)`.
+    fn shape(&self) -> (usize, usize) {
+        match self {
+            Lhs::View(a) => (a.rows, a.cols),
+            Lhs::Packed { packed, rows, .. } => (*rows, packed.depth),
+        }
+    }
+
+    /// Rows `i0..i0 + count` (`i0` a multiple of `MR`).
+    fn rows(self, i0: usize, count: usize) -> Self {
+        match self {
+            Lhs::View(a) => Lhs::View(MatRef {
+                data: &a.data[i0 * a.rs..],
+                rows: count,
+                ..a
+            }),
+            Lhs::Packed { packed, row0, .. } => Lhs::Packed {
+                packed,
+                row0: row0 + i0,
+                rows: count,
+            },
+        }
+    }
+}
+
+/// What is applied to each finished element of the product, while its tile is in cache:
+/// `clamp(v + bias[row], lo, hi)` (a convolution's bias and fused activation).
+#[derive(Clone, Copy, Default)]
+pub(super) struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub clamp: Option<(f32, f32)>,
+}
+
+impl<'a> Epilogue<'a> {
+    pub(super) fn is_empty(&self) -> bool {
+        self.bias.is_none() && self.clamp.is_none()
+    }
+
+    /// The epilogue of rows `i0..` (the bias shifted along).
+    fn rows_from(self, i0: usize) -> Self {
+        Epilogue {
+            bias: self.bias.map(|b| &b[i0..]),
+            ..self
+        }
+    }
+
+    /// Applies it to an `mr x nr` tile of `c` whose first row is row `i` of the product.
+    unsafe fn apply(&self, c: Dst, i: usize, (mr, nr): (usize, usize)) {
+        for r in 0..mr {
+            let add = self.bias.map_or(0.0, |b| b[i + r]);
+            let row = std::slice::from_raw_parts_mut(c.ptr.add(r * c.rs), nr);
+            match self.clamp {
+                None => row.iter_mut().for_each(|v| *v += add),
+                Some((lo, hi)) => row.iter_mut().for_each(|v| {
+                    // Comparisons, not `max`/`min`: a NaN stays NaN, as in the unfused ops.
+                    let x = *v + add;
+                    let x = if x < lo { lo } else { x };
+                    *v = if x > hi { hi } else { x };
+                }),
+            }
+        }
+    }
+}
+
+/// The destination of a product: row `i` starts at `ptr + i * rs`.
+#[derive(Clone, Copy)]
+struct Dst {
+    ptr: *mut f32,
+    rs: usize,
+}
+
+impl Dst {
+    /// The destination whose corner is element `(i, j)` of this one.
+    unsafe fn at(self, i: usize, j: usize) -> Dst {
+        Dst {
+            ptr: self.ptr.add(i * self.rs + j),
+            ..self
+        }
+    }
+}
+
+// SAFETY: a `Dst` is only shared between threads that write disjoint row or column ranges.
+unsafe impl Send for Dst {}
+unsafe impl Sync for Dst {}
+
+/// `dst[m x n] = [dst +] a * b` where row `i` of `dst` starts at `dst + i * dst_rs`; with
+/// `threads` the work is split over rayon's pool by columns (or rows when there are few).
+///
+/// # Safety
+/// `enabled()` must be true; `a` and `b` must be in bounds for their shapes (`a.cols ==
+/// b.rows`), and `dst` must be valid for writes (and reads with `accumulate`) of `a.rows`
+/// rows of `b.cols` values at stride `dst_rs`, aliasing neither operand.
+pub(super) unsafe fn sgemm(
+    dst: *mut f32,
+    dst_rs: usize,
+    a: Lhs,
+    b: MatRef<f32>,
+    accumulate: bool,
+    threads: bool,
+    epilogue: Epilogue,
+) {
+    let ((m, k), n) = (a.shape(), b.cols);
+    assert_eq!(k, b.rows, "sgemm: inner dimensions differ");
+    assert!(
+        epilogue.bias.is_none_or(|b| b.len() >= m),
+        "sgemm: bias shorter than the rows"
+    );
+    let dst = Dst {
+        ptr: dst,
+        rs: dst_rs,
+    };
+    if k == 0 {
+        if !accumulate {
+            (0..m).for_each(|i| std::ptr::write_bytes(dst.ptr.add(i * dst.rs), 0, n));
+        }
+        epilogue.apply(dst, 0, (m, n));
+        return;
+    }
+    let workers = if threads {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    split(dst, a, b, (accumulate, epilogue), workers)
+}
+
+/// The product on one thread, or split over `workers` by columns (by rows when there are
+/// few columns).
+unsafe fn split(dst: Dst, a: Lhs, b: MatRef<f32>, finish: (bool, Epilogue), workers: usize) {
+    let ((m, k), n) = (a.shape(), b.cols);
+    if workers <= 1 || m * n * k < (1 << 18) {
+        return serial(dst, a, b, finish);
+    }
+    if n >= workers * 4 * NR {
+        let step = n.div_ceil(workers).next_multiple_of(NR);
+        (0..n)
+            .step_by(step)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .for_each(|j0| {
+                let nb = step.min(n - j0);
+                let part = MatRef {
+                    data: &b.data[j0 * b.cs..],
+                    cols: nb,
+                    ..b
+                };
+                // SAFETY: columns `j0..j0 + nb` of `dst` belong to this task alone.
+                unsafe { serial(dst.at(0, j0), a, part, finish) }
+            });
+    } else {
+        let step = m.div_ceil(workers).next_multiple_of(MR);
+        (0..m)
+            .step_by(step)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .for_each(|i0| {
+                let part = a.rows(i0, step.min(m - i0));
+                // SAFETY: rows `i0..` of `dst` (as many as `part` has) belong to this task alone.
+                unsafe { serial(dst.at(i0, 0), part, b, (finish.0, finish.1.rows_from(i0))) }
+            });
+    }
+}
+
+/// One thread's product in the loop order of BLIS: for each depth block (KC), `A` is
+/// packed (unless it comes packed); for each column block (NC) of `B`, packed into L2 as
+/// 16-column panels, each row block (MC) of `A` goes through the micro-kernel with it.
+unsafe fn serial(dst: Dst, a: Lhs, b: MatRef<f32>, (accumulate, epilogue): (bool, Epilogue)) {
+    let ((m, k), n) = (a.shape(), b.cols);
+    let a_buffer = match a {
+        Lhs::View(_) => m.next_multiple_of(MR) * KC.min(k),
+        Lhs::Packed { .. } => 0,
+    };
+    let step = depth_step(k);
+    with_buffer(&PACK_B, KC * NC.min(n.next_multiple_of(NR)), |pb| {
+        with_buffer(&PACK_A, a_buffer, |pa| {
+            for p0 in (0..k).step_by(step) {
+                let kc = step.min(k - p0);
+                let acc = accumulate || p0 > 0;
+                let last = p0 + kc == k;
+                let panels: &[f32] = match a {
+                    Lhs::View(a) => {
+                        pack_a(a, (0, m), (p0, kc), pa);
+                        pa
+                    }
+                    Lhs::Packed { packed, row0, .. } => packed.panels((p0, kc), row0),
+                };
+                for j0 in (0..n).step_by(NC) {
+                    let nc = NC.min(n - j0);
+                    pack_b(b, (p0, kc), (j0, nc), pb);
+                    for i0 in (0..m).step_by(MC) {
+                        let mc = MC.min(m - i0);
+                        let block_panels = &panels[i0 * kc..];
+                        let finish = (acc, last.then_some(epilogue.rows_from(i0)));
+                        block(dst.at(i0, j0), (mc, nc, kc), block_panels, pb, finish);
+                    }
+                }
+            }
+        })
+    })
+}
+
+/// Runs `f` with this thread's packing buffer of at least `len` values (a fresh one if the
+/// thread's is in use).
+fn with_buffer<R>(
+    cell: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    cell.with(|c| {
+        let mut fresh = Vec::new();
+        let mut borrowed = c.try_borrow_mut();
+        let buf = match borrowed.as_deref_mut() {
+            Ok(v) => v,
+            Err(_) => &mut fresh,
+        };
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        f(&mut buf[..len])
+    })
+}
+
+/// The micro-kernel over one packed `mc x kc` block of `A` and `kc x nc` block of `B`.
+/// `epilogue` (given for the last depth block) is applied to each tile as it is finished.
+unsafe fn block(
+    dst: Dst,
+    (mc, nc, kc): (usize, usize, usize),
+    pa: &[f32],
+    pb: &[f32],
+    (acc, epilogue): (bool, Option<Epilogue>),
+) {
+    let epilogue = epilogue.filter(|e| !e.is_empty());
+    for (jp, j) in (0..nc).step_by(NR).enumerate() {
+        let nr = NR.min(nc - j);
+        let bp = &pb[jp * kc * NR..(jp + 1) * kc * NR];
+        for (ip, i) in (0..mc).step_by(MR).enumerate() {
+            let mr = MR.min(mc - i);
+            let ap = &pa[ip * kc * MR..(ip + 1) * kc * MR];
+            let c = dst.at(i, j);
+            if mr == MR && nr == NR {
+                tile_6x16(kc, ap, bp, c.ptr, c.rs, acc);
+            } else if mr == MR && nr == 8 {
+                tile_6x8(kc, ap, bp, c.ptr, c.rs, acc);
+            } else {
+                let mut tile = [0f32; MR * NR];
+                if nr <= 4 {
+                    tile_6x4(kc, ap, bp, tile.as_mut_ptr(), NR, false);
+                } else if nr <= 8 {
+                    tile_6x8(kc, ap, bp, tile.as_mut_ptr(), NR, false);
+                } else {
+                    tile_6x16(kc, ap, bp, tile.as_mut_ptr(), NR, false);
+                }
+                for r in 0..mr {
+                    for (q, &v) in tile[r * NR..r * NR + nr].iter().enumerate() {
+                        let out = c.ptr.add(r * c.rs + q);
+                        *out = if acc { *out + v } else { v };
+                    }
+                }
+            }
+            if let Some(e) = &epilogue {
+                e.apply(c, i, (mr, nr));
+            }
+        }
+    }
+}
+
+/// Packs rows `i0..i0 + mc`, depth `p0..p0 + kc` of `a` into `MR`-row panels, each `kc`
+/// steps of `MR` values (rows past `mc` are zero).
+fn pack_a(a: MatRef<f32>, (i0, mc): (usize, usize), (p0, kc): (usize, usize), out: &mut [f32]) {
+    if a.rs == 1 {
+        // Column-major: read each depth step's `mc` values in one stream.
+        for p in 0..kc {
+            let col = &a.data[(p0 + p) * a.cs + i0..][..mc];
+            for (ip, src) in col.chunks(MR).enumerate() {
+                let dst = &mut out[(ip * kc + p) * MR..][..MR];
+                dst[..src.len()].copy_from_slice(src);
+                dst[src.len()..].fill(0.0);
+            }
+        }
+        return;
+    }
+    for (ip, i) in (0..mc).step_by(MR).enumerate() {
+        let panel = &mut out[ip * kc * MR..(ip + 1) * kc * MR];
+        let mr = MR.min(mc - i);
+        if a.cs == 1 && mr == MR {
+            let row = |r: usize| {
+                let at = (i0 + i + r) * a.rs + p0;
+                &a.data[at..at + kc]
+            };
+            let rows = [row(0), row(1), row(2), row(3), row(4), row(5)];
+            for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
+                for (d, r) in dst.iter_mut().zip(&rows) {
+                    *d = r[p];
+                }
+            }
+            continue;
+        }
+        for r in 0..MR {
+            if r >= mr {
+                panel.iter_mut().skip(r).step_by(MR).for_each(|v| *v = 0.0);
+                continue;
+            }
+            let base = (i0 + i + r) * a.rs + p0 * a.cs;
+            let dsts = panel.iter_mut().skip(r).step_by(MR);
+            if a.cs == 1 {
+                dsts.zip(&a.data[base..base + kc])
+                    .for_each(|(d, s)| *d = *s);
+            } else {
+                dsts.zip(a.data[base..].iter().step_by(a.cs))
+                    .for_each(|(d, s)| *d = *s);
+            }
+        }
+    }
+}
+
+/// Packs depth `p0..p0 + kc`, columns `j0..j0 + nc` of `b` into `NR`-column panels, each
+/// `kc` steps of `NR` values (columns past `nc` are zero). A row-major `b` is read row by
+/// row (one stream; reading panel by panel would be `kc` streams of 64 bytes each).
+fn pack_b(b: MatRef<f32>, (p0, kc): (usize, usize), (j0, nc): (usize, usize), out: &mut [f32]) {
+    if b.cs == 1 {
+        let full = nc / NR;
+        for p in 0..kc {
+            let row = &b.data[(p0 + p) * b.rs + j0..][..full * NR];
+            for (jp, src) in row.chunks_exact(NR).enumerate() {
+                out[(jp * kc + p) * NR..][..NR].copy_from_slice(src);
+            }
+        }
+    }
+    for (jp, j) in (0..nc).step_by(NR).enumerate() {
+        let panel = &mut out[jp * kc * NR..(jp + 1) * kc * NR];
+        let nr = NR.min(nc - j);
+        if b.cs == 1 && nr < NR {
+            for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                let at = (p0 + p) * b.rs + j0 + j;
+                dst[..nr].copy_from_slice(&b.data[at..at + nr]);
+                dst[nr..].fill(0.0);
+            }
+            continue;
+        }
+        if b.cs == 1 {
+            continue; // full panels of a row-major `b`: below, row by row
+        }
+        for q in 0..NR {
+            let dsts = panel.iter_mut().skip(q).step_by(NR);
+            if q >= nr {
+                dsts.for_each(|v| *v = 0.0);
+                continue;
+            }
+            let base = p0 * b.rs + (j0 + j + q) * b.cs;
+            if b.rs == 1 {
+                dsts.zip(&b.data[base..base + kc])
+                    .for_each(|(d, s)| *d = *s);
+            } else {
+                dsts.zip(b.data[base..].iter().step_by(b.rs))
+                    .for_each(|(d, s)| *d = *s);
+            }
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! The f32 micro-kernel of `sgemm` for x86-64 with AVX2 and FMA: a 6 x 16 tile of the
+//! product held in twelve 256-bit registers while the packed panels stream through.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Rows of the tile (one broadcast each per step).
+pub(super) const MR: usize = 6;
+/// Columns of the tile (two 8-lane vectors).
+pub(super) const NR: usize = 16;
+
+/// Whether this CPU runs the micro-kernel (checked once by the caller).
+pub(super) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `c[MR x NR] = [c +] a_panel * b_panel` over `k` steps, where `a_panel` holds `MR` values
+/// per step and `b_panel` `NR` values per step, and row `i` of `c` starts at `c + i * ldc`.
+/// Without `accumulate`, `c` is only written, never read.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `a` must hold `k * MR` values and `b` `k * NR`; `c`
+/// must be valid for `MR` rows of `NR` values at stride `ldc`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn tile_6x16(
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    debug_assert!(a.len() >= k * MR && b.len() >= k * NR);
+    // The tile of `c` is read or written only after the loop: start fetching it now so that
+    // the cache misses overlap the arithmetic.
+    for i in 0..MR {
+        _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc).cast::<i8>());
+        _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1).cast::<i8>());
+    }
+    let (mut pa, mut pb) = (a.as_ptr(), b.as_ptr());
+    let mut c00 = _mm256_setzero_ps();
+    let mut c01 = _mm256_setzero_ps();
+    let mut c10 = _mm256_setzero_ps();
+    let mut c11 = _mm256_setzero_ps();
+    let mut c20 = _mm256_setzero_ps();
+    let mut c21 = _mm256_setzero_ps();
+    let mut c30 = _mm256_setzero_ps();
+    let mut c31 = _mm256_setzero_ps();
+    let mut c40 = _mm256_setzero_ps();
+    let mut c41 = _mm256_setzero_ps();
+    let mut c50 = _mm256_setzero_ps();
+    let mut c51 = _mm256_setzero_ps();
+    for _ in 0..k {
+        let b0 = _mm256_loadu_ps(pb);
+        let b1 = _mm256_loadu_ps(pb.add(8));
+        let a0 = _mm256_broadcast_ss(&*pa);
+        c00 = _mm256_fmadd_ps(a0, b0, c00);
+        c01 = _mm256_fmadd_ps(a0, b1, c01);
+        let a1 = _mm256_broadcast_ss(&*pa.add(1));
+        c10 = _mm256_fmadd_ps(a1, b0, c10);
+        c11 = _mm256_fmadd_ps(a1, b1, c11);
+        let a2 = _mm256_broadcast_ss(&*pa.add(2));
+        c20 = _mm256_fmadd_ps(a2, b0, c20);
+        c21 = _mm256_fmadd_ps(a2, b1, c21);
+        let a3 = _mm256_broadcast_ss(&*pa.add(3));
+        c30 = _mm256_fmadd_ps(a3, b0, c30);
+        c31 = _mm256_fmadd_ps(a3, b1, c31);
+        let a4 = _mm256_broadcast_ss(&*pa.add(4));
+        c40 = _mm256_fmadd_ps(a4, b0, c40);
+        c41 = _mm256_fmadd_ps(a4, b1, c41);
+        let a5 = _mm256_broadcast_ss(&*pa.add(5));
+        c50 = _mm256_fmadd_ps(a5, b0, c50);
+        c51 = _mm256_fmadd_ps(a5, b1, c51);
+        pa = pa.add(MR);
+        pb = pb.add(NR);
+    }
+    let rows = [
+        (c00, c01),
+        (c10, c11),
+        (c20, c21),
+        (c30, c31),
+        (c40, c41),
+        (c50, c51),
+    ];
+    for (i, (lo, hi)) in rows.into_iter().enumerate() {
+        let row = c.add(i * ldc);
+        if accumulate {
+            _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), lo));
+            _mm256_storeu_ps(row.add(8), _mm256_add_ps(_mm256_loadu_ps(row.add(8)), hi));
+        } else {
+            _mm256_storeu_ps(row, lo);
+            _mm256_storeu_ps(row.add(8), hi);
+        }
+    }
+}
+
+/// Like `tile_6x16` for the first 8 columns of the panel only (a panel with at most 8 real
+/// columns: half the work of the full tile, where a 7x7 image's 49 columns end in 1).
+///
+/// # Safety
+/// As for `tile_6x16`, with `c` valid for `MR` rows of 8 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn tile_6x8(
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    debug_assert!(a.len() >= k * MR && b.len() >= k * NR);
+    for i in 0..MR {
+        _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc).cast::<i8>());
+    }
+    let (mut pa, mut pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); MR];
+    for _ in 0..k {
+        let b0 = _mm256_loadu_ps(pb);
+        for (i, row) in acc.iter_mut().enumerate() {
+            *row = _mm256_fmadd_ps(_mm256_broadcast_ss(&*pa.add(i)), b0, *row);
+        }
+        pa = pa.add(MR);
+        pb = pb.add(NR);
+    }
+    for (i, row) in acc.into_iter().enumerate() {
+        let out = c.add(i * ldc);
+        let v = if accumulate {
+            _mm256_add_ps(_mm256_loadu_ps(out), row)
+        } else {
+            row
+        };
+        _mm256_storeu_ps(out, v);
+    }
+}
+
+/// Like `tile_6x16` for the first 4 columns of the panel only (128-bit vectors: a 7x7
+/// image's 49 columns end in a panel with 1).
+///
+/// # Safety
+/// As for `tile_6x16`, with `c` valid for `MR` rows of 4 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn tile_6x4(
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    debug_assert!(a.len() >= k * MR && b.len() >= k * NR);
+    let (mut pa, mut pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm_setzero_ps(); MR];
+    for _ in 0..k {
+        let b0 = _mm_loadu_ps(pb);
+        for (i, row) in acc.iter_mut().enumerate() {
+            *row = _mm_fmadd_ps(_mm_broadcast_ss(&*pa.add(i)), b0, *row);
+        }
+        pa = pa.add(MR);
+        pb = pb.add(NR);
+    }
+    for (i, row) in acc.into_iter().enumerate() {
+        let out = c.add(i * ldc);
+        let v = if accumulate {
+            _mm_add_ps(_mm_loadu_ps(out), row)
+        } else {
+            row
+        };
+        _mm_storeu_ps(out, v);
+    }
+}
+
+/// Elsewhere `available()` is false and `sgemm` never runs: these keep it compiling.
+#[cfg(not(target_arch = "x86_64"))]
+mod elsewhere {
+    pub(in super::super) unsafe fn tile_6x16(
+        _: usize,
+        _: &[f32],
+        _: &[f32],
+        _: *mut f32,
+        _: usize,
+        _: bool,
+    ) {
+        unreachable!("sgemm runs on x86-64 only")
+    }
+    pub(in super::super) unsafe fn tile_6x8(
+        _: usize,
+        _: &[f32],
+        _: &[f32],
+        _: *mut f32,
+        _: usize,
+        _: bool,
+    ) {
+        unreachable!("sgemm runs on x86-64 only")
+    }
+    pub(in super::super) unsafe fn tile_6x4(
+        _: usize,
+        _: &[f32],
+        _: &[f32],
+        _: *mut f32,
+        _: usize,
+        _: bool,
+    ) {
+        unreachable!("sgemm runs on x86-64 only")
+    }
+}
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) use elsewhere::*;
