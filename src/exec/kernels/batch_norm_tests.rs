@@ -102,3 +102,40 @@ fn f32_and_bad_arguments() -> Res {
     assert!(batch_norm_train(&x.flatten_all()?, &g, &b, 1e-5).is_err());
     Ok(())
 }
+
+#[test]
+fn one_pass_moments_match_two_passes_with_offsets_and_outliers() -> Res {
+    // x: [N=3, C=2, 11]: 33 values per channel over three planes of 11 (8 in the lanes, 3 in
+    // the remainder). Channel 0 sits at 1000 with spread 0.01; channel 1 starts with an
+    // outlier of 1e4 among values near 0.
+    const I: usize = 11;
+    let base = lcg(5, 6 * I);
+    let mut x = vec![0f64; 6 * I];
+    for n in 0..3 {
+        for i in 0..I {
+            x[n * 2 * I + i] = 1000.0 + 0.01 * base[n * 2 * I + i];
+            x[n * 2 * I + I + i] = base[n * 2 * I + I + i];
+        }
+    }
+    x[I] = 1e4;
+    let p = Planes::of(&[3, 2, I])?;
+    let (mean, var) = moments(p, &x);
+    for c in 0..2 {
+        let vals: Vec<f64> = (0..3)
+            .flat_map(|n| x[(2 * n + c) * I..][..I].to_vec())
+            .collect();
+        let m = vals.len() as f64;
+        let mu = vals.iter().sum::<f64>() / m;
+        let v = vals.iter().map(|x| (x - mu).powi(2)).sum::<f64>() / m;
+        assert!(
+            (mean[c] - mu).abs() <= 1e-12 * mu.abs().max(1.0),
+            "mean {c}"
+        );
+        assert!(
+            (var[c] - v).abs() <= 1e-9 * v,
+            "variance {c}: {} vs {v}",
+            var[c]
+        );
+    }
+    Ok(())
+}

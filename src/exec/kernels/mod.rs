@@ -26,6 +26,7 @@ mod conv2d_gemm;
 pub mod depthwise;
 pub mod fake_quant;
 pub mod pool2d;
+pub mod relu;
 mod sgemm;
 mod sgemm_avx2;
 #[cfg(test)]
