@@ -8,6 +8,7 @@
 
 use super::conv2d::{FusedActivation, Geom};
 use super::sgemm::{sgemm, Epilogue, Lhs, PackedLhs};
+use super::sgemm_pack::Rhs;
 use candle_core::WithDType;
 pub(super) use gemm::Parallelism;
 use std::cell::RefCell;
@@ -144,7 +145,15 @@ fn matmul_rows<T: WithDType>(
                 let d = dst.as_mut_ptr().cast::<f32>();
                 let lhs = packed.map_or(Lhs::View(a32), Lhs::packed);
                 let threads = !matches!(par, Parallelism::None);
-                sgemm(d, dst_rs, lhs, b32, accumulate, threads, epilogue)
+                sgemm(
+                    d,
+                    dst_rs,
+                    lhs,
+                    Rhs::View(b32),
+                    accumulate,
+                    threads,
+                    epilogue,
+                )
             };
             return;
         }
@@ -189,6 +198,15 @@ fn f32_slice<T: WithDType>(s: &[T]) -> Option<&[f32]> {
     }
     // SAFETY: `T` is `f32` (its dtype says so), so the slice is reinterpreted as itself.
     Some(unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) })
+}
+
+/// The same mutable slice with its element type named `f32`, when `T` is `f32`.
+fn f32_slice_mut<T: WithDType>(s: &mut [T]) -> Option<&mut [f32]> {
+    if T::DTYPE != candle_core::DType::F32 {
+        return None;
+    }
+    // SAFETY: `T` is `f32` (its dtype says so), so the slice is reinterpreted as itself.
+    Some(unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<f32>(), s.len()) })
 }
 
 /// The same view with its element type named `f32`, when `T` is `f32`.
@@ -236,7 +254,13 @@ pub(super) fn pack_weights<T: WithDType>(
 
 /// For one kernel offset along an axis, the output positions `lo..hi` whose input position
 /// `o * stride + offset - pad` falls inside `0..len`.
-fn valid_range(len: usize, out: usize, stride: usize, offset: usize, pad: usize) -> (usize, usize) {
+pub(super) fn valid_range(
+    len: usize,
+    out: usize,
+    stride: usize,
+    offset: usize,
+    pad: usize,
+) -> (usize, usize) {
     let first = offset as isize - pad as isize; // input position of output 0
     let lo = if first >= 0 {
         0
@@ -391,15 +415,25 @@ pub(super) fn forward_image<T: WithDType>(
     par: Parallelism,
 ) {
     let (p, kk, m) = (g.out_plane(), g.col_rows(), g.cout_g);
-    // With packed weights the product runs in `sgemm`, which finishes each tile of the output
-    // (bias, activation) itself: one product per group.
-    let fused = w.packed.is_some();
+    let clamp = bounds::<T>(act);
+    if let (Some(packed), Some(x32)) = (w.packed, f32_slice(xn)) {
+        // Packed weights: f32 on `sgemm`, which finishes each output tile itself.
+        let clamp32 = clamp.map(|(lo, hi)| (lo.to_f64() as f32, hi.to_f64() as f32));
+        let bias32 = bias.and_then(f32_slice);
+        // SAFETY: `T` is `f32` (its slice converted), so this is the same memory retyped.
+        let y32 = unsafe { &mut *(yn as *mut [MaybeUninit<T>] as *mut [MaybeUninit<f32>]) };
+        let threads = !matches!(par, Parallelism::None);
+        return super::conv2d_sgemm::forward_image(
+            g,
+            (x32, packed, bias32),
+            (y32, clamp32),
+            threads,
+        );
+    }
     let block = match par {
-        Parallelism::None if !fused => column_block::<T>(m),
+        Parallelism::None => column_block::<T>(m),
         _ => p,
     };
-    let clamp = bounds::<T>(act);
-    let clamp32 = clamp.map(|(lo, hi)| (lo.to_f64() as f32, hi.to_f64() as f32));
     for grp in 0..g.groups {
         let col = columns(g, xn, grp, scratch);
         let wg = MatRef::rows(&w.data[grp * m * kk..(grp + 1) * m * kk], m, kk);
@@ -415,15 +449,8 @@ pub(super) fn forward_image<T: WithDType>(
                 rs: p,
                 cs: 1,
             };
-            let epilogue = match fused {
-                true => Epilogue {
-                    bias: bg.and_then(f32_slice),
-                    clamp: clamp32,
-                },
-                false => Epilogue::default(),
-            };
-            matmul_rows(&mut yg[p0..], p, wg, cols, false, par, epilogue);
-            if fused || (bg.is_none() && clamp.is_none()) {
+            matmul_rows(&mut yg[p0..], p, wg, cols, false, par, Epilogue::default());
+            if bg.is_none() && clamp.is_none() {
                 continue;
             }
             for (o, row) in yg[p0..].chunks_mut(p).enumerate() {
@@ -482,6 +509,14 @@ pub(super) fn grad_w_image<T: WithDType>(
     par: Parallelism,
 ) {
     let (p, kk) = (g.out_plane(), g.col_rows());
+    if super::sgemm::enabled() {
+        if let (Some(x32), Some(gy32), Some(dw32)) =
+            (f32_slice(xn), f32_slice(gyn), f32_slice_mut(dw))
+        {
+            let threads = !matches!(par, Parallelism::None);
+            return super::conv2d_sgemm::grad_w_image(g, (x32, gy32), dw32, threads);
+        }
+    }
     for grp in 0..g.groups {
         let col = columns(g, xn, grp, scratch);
         let gy = MatRef::rows(

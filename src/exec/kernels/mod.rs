@@ -23,12 +23,14 @@ pub mod add_act;
 pub mod batch_norm;
 pub mod conv2d;
 mod conv2d_gemm;
+mod conv2d_sgemm;
 pub mod depthwise;
 pub mod fake_quant;
 pub mod pool2d;
 pub mod relu;
 mod sgemm;
 mod sgemm_avx2;
+mod sgemm_pack;
 #[cfg(test)]
 mod sgemm_tests;
 #[cfg(test)]

@@ -7,17 +7,18 @@
 
 use super::conv2d_gemm::MatRef;
 use super::sgemm_avx2::{tile_6x16, tile_6x4, tile_6x8, MR, NR};
+use super::sgemm_pack::{pack_a, pack_b, Rhs};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
 /// Most depth in a packed block: one `B` micro-panel (KC x NR, 20 KiB) and one `A` panel
 /// stay in L1.
-const KC: usize = 320;
+pub(super) const KC: usize = 320;
 /// Rows of `A` multiplied with one packed block of `B` (MC x KC, 180 KiB, in L2).
 const MC: usize = 144;
 /// Columns of a packed `B` block (KC x NC, 240 KiB), also in L2.
-const NC: usize = 192;
+pub(super) const NC: usize = 192;
 
 /// The depth of each block for a product of depth `k`: blocks of equal depth, at most `KC`
 /// (576 = 2 x 288 instead of 256 + 256 + 64: every block finishes its tiles of the
@@ -188,19 +189,19 @@ unsafe impl Sync for Dst {}
 ///
 /// # Safety
 /// `enabled()` must be true; `a` and `b` must be in bounds for their shapes (`a.cols ==
-/// b.rows`), and `dst` must be valid for writes (and reads with `accumulate`) of `a.rows`
+/// b`'s depth), and `dst` must be valid for writes (and reads with `accumulate`) of `a.rows`
 /// rows of `b.cols` values at stride `dst_rs`, aliasing neither operand.
 pub(super) unsafe fn sgemm(
     dst: *mut f32,
     dst_rs: usize,
     a: Lhs,
-    b: MatRef<f32>,
+    b: Rhs,
     accumulate: bool,
     threads: bool,
     epilogue: Epilogue,
 ) {
-    let ((m, k), n) = (a.shape(), b.cols);
-    assert_eq!(k, b.rows, "sgemm: inner dimensions differ");
+    let ((m, k), (kb, n)) = (a.shape(), b.shape());
+    assert_eq!(k, kb, "sgemm: inner dimensions differ");
     assert!(
         epilogue.bias.is_none_or(|b| b.len() >= m),
         "sgemm: bias shorter than the rows"
@@ -226,8 +227,8 @@ pub(super) unsafe fn sgemm(
 
 /// The product on one thread, or split over `workers` by columns (by rows when there are
 /// few columns).
-unsafe fn split(dst: Dst, a: Lhs, b: MatRef<f32>, finish: (bool, Epilogue), workers: usize) {
-    let ((m, k), n) = (a.shape(), b.cols);
+unsafe fn split(dst: Dst, a: Lhs, b: Rhs, finish: (bool, Epilogue), workers: usize) {
+    let ((m, k), (_, n)) = (a.shape(), b.shape());
     if workers <= 1 || m * n * k < (1 << 18) {
         return serial(dst, a, b, finish);
     }
@@ -239,11 +240,7 @@ unsafe fn split(dst: Dst, a: Lhs, b: MatRef<f32>, finish: (bool, Epilogue), work
             .into_par_iter()
             .for_each(|j0| {
                 let nb = step.min(n - j0);
-                let part = MatRef {
-                    data: &b.data[j0 * b.cs..],
-                    cols: nb,
-                    ..b
-                };
+                let part = b.columns(j0, nb);
                 // SAFETY: columns `j0..j0 + nb` of `dst` belong to this task alone.
                 unsafe { serial(dst.at(0, j0), a, part, finish) }
             });
@@ -264,8 +261,8 @@ unsafe fn split(dst: Dst, a: Lhs, b: MatRef<f32>, finish: (bool, Epilogue), work
 /// One thread's product in the loop order of BLIS: for each depth block (KC), `A` is
 /// packed (unless it comes packed); for each column block (NC) of `B`, packed into L2 as
 /// 16-column panels, each row block (MC) of `A` goes through the micro-kernel with it.
-unsafe fn serial(dst: Dst, a: Lhs, b: MatRef<f32>, (accumulate, epilogue): (bool, Epilogue)) {
-    let ((m, k), n) = (a.shape(), b.cols);
+unsafe fn serial(dst: Dst, a: Lhs, b: Rhs, (accumulate, epilogue): (bool, Epilogue)) {
+    let ((m, k), (_, n)) = (a.shape(), b.shape());
     let a_buffer = match a {
         Lhs::View(_) => m.next_multiple_of(MR) * KC.min(k),
         Lhs::Packed { .. } => 0,
@@ -351,108 +348,18 @@ unsafe fn block(
                     tile_6x16(kc, ap, bp, tile.as_mut_ptr(), NR, false);
                 }
                 for r in 0..mr {
-                    for (q, &v) in tile[r * NR..r * NR + nr].iter().enumerate() {
-                        let out = c.ptr.add(r * c.rs + q);
-                        *out = if acc { *out + v } else { v };
+                    let (out, part) = (c.ptr.add(r * c.rs), &tile[r * NR..r * NR + nr]);
+                    if acc {
+                        // Initialized: an accumulating product reads its destination.
+                        let out = std::slice::from_raw_parts_mut(out, nr);
+                        out.iter_mut().zip(part).for_each(|(o, v)| *o += v);
+                    } else {
+                        std::ptr::copy_nonoverlapping(part.as_ptr(), out, nr);
                     }
                 }
             }
             if let Some(e) = &epilogue {
                 e.apply(c, i, (mr, nr));
-            }
-        }
-    }
-}
-
-/// Packs rows `i0..i0 + mc`, depth `p0..p0 + kc` of `a` into `MR`-row panels, each `kc`
-/// steps of `MR` values (rows past `mc` are zero).
-fn pack_a(a: MatRef<f32>, (i0, mc): (usize, usize), (p0, kc): (usize, usize), out: &mut [f32]) {
-    if a.rs == 1 {
-        // Column-major: read each depth step's `mc` values in one stream.
-        for p in 0..kc {
-            let col = &a.data[(p0 + p) * a.cs + i0..][..mc];
-            for (ip, src) in col.chunks(MR).enumerate() {
-                let dst = &mut out[(ip * kc + p) * MR..][..MR];
-                dst[..src.len()].copy_from_slice(src);
-                dst[src.len()..].fill(0.0);
-            }
-        }
-        return;
-    }
-    for (ip, i) in (0..mc).step_by(MR).enumerate() {
-        let panel = &mut out[ip * kc * MR..(ip + 1) * kc * MR];
-        let mr = MR.min(mc - i);
-        if a.cs == 1 && mr == MR {
-            let row = |r: usize| {
-                let at = (i0 + i + r) * a.rs + p0;
-                &a.data[at..at + kc]
-            };
-            let rows = [row(0), row(1), row(2), row(3), row(4), row(5)];
-            for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
-                for (d, r) in dst.iter_mut().zip(&rows) {
-                    *d = r[p];
-                }
-            }
-            continue;
-        }
-        for r in 0..MR {
-            if r >= mr {
-                panel.iter_mut().skip(r).step_by(MR).for_each(|v| *v = 0.0);
-                continue;
-            }
-            let base = (i0 + i + r) * a.rs + p0 * a.cs;
-            let dsts = panel.iter_mut().skip(r).step_by(MR);
-            if a.cs == 1 {
-                dsts.zip(&a.data[base..base + kc])
-                    .for_each(|(d, s)| *d = *s);
-            } else {
-                dsts.zip(a.data[base..].iter().step_by(a.cs))
-                    .for_each(|(d, s)| *d = *s);
-            }
-        }
-    }
-}
-
-/// Packs depth `p0..p0 + kc`, columns `j0..j0 + nc` of `b` into `NR`-column panels, each
-/// `kc` steps of `NR` values (columns past `nc` are zero). A row-major `b` is read row by
-/// row (one stream; reading panel by panel would be `kc` streams of 64 bytes each).
-fn pack_b(b: MatRef<f32>, (p0, kc): (usize, usize), (j0, nc): (usize, usize), out: &mut [f32]) {
-    if b.cs == 1 {
-        let full = nc / NR;
-        for p in 0..kc {
-            let row = &b.data[(p0 + p) * b.rs + j0..][..full * NR];
-            for (jp, src) in row.chunks_exact(NR).enumerate() {
-                out[(jp * kc + p) * NR..][..NR].copy_from_slice(src);
-            }
-        }
-    }
-    for (jp, j) in (0..nc).step_by(NR).enumerate() {
-        let panel = &mut out[jp * kc * NR..(jp + 1) * kc * NR];
-        let nr = NR.min(nc - j);
-        if b.cs == 1 && nr < NR {
-            for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                let at = (p0 + p) * b.rs + j0 + j;
-                dst[..nr].copy_from_slice(&b.data[at..at + nr]);
-                dst[nr..].fill(0.0);
-            }
-            continue;
-        }
-        if b.cs == 1 {
-            continue; // full panels of a row-major `b`: below, row by row
-        }
-        for q in 0..NR {
-            let dsts = panel.iter_mut().skip(q).step_by(NR);
-            if q >= nr {
-                dsts.for_each(|v| *v = 0.0);
-                continue;
-            }
-            let base = p0 * b.rs + (j0 + j + q) * b.cs;
-            if b.rs == 1 {
-                dsts.zip(&b.data[base..base + kc])
-                    .for_each(|(d, s)| *d = *s);
-            } else {
-                dsts.zip(b.data[base..].iter().step_by(b.rs))
-                    .for_each(|(d, s)| *d = *s);
             }
         }
     }

@@ -3,6 +3,7 @@
 
 use super::conv2d_gemm::MatRef;
 use super::sgemm::{enabled, sgemm, Epilogue, Lhs, PackedLhs};
+use super::sgemm_pack::Rhs;
 use super::test_util::Lcg;
 
 /// `(m, n, k, a transposed, b transposed, accumulate, threads, a packed beforehand)`.
@@ -49,7 +50,7 @@ fn run((m, n, k, ta, tb, acc, threads, prepacked): Case) -> f64 {
             dst.as_mut_ptr(),
             ld,
             lhs,
-            b,
+            Rhs::View(b),
             acc,
             threads,
             Epilogue::default(),
@@ -108,7 +109,7 @@ fn sgemm_with_zero_depth_stores_zeros_or_keeps_the_destination() {
             dst.as_mut_ptr(),
             3,
             lhs,
-            view(&b, 0, 3, false),
+            Rhs::View(view(&b, 0, 3, false)),
             true,
             false,
             Epilogue::default(),
@@ -162,7 +163,7 @@ fn sgemm_speed_probe() {
                         c.as_mut_ptr(),
                         n,
                         Lhs::packed(&packed),
-                        bv,
+                        Rhs::View(bv),
                         false,
                         false,
                         Epilogue::default(),
@@ -232,7 +233,7 @@ fn sgemm_applies_bias_and_clamp_once_to_every_element() {
                 dst.as_mut_ptr(),
                 n,
                 Lhs::View(av),
-                bv,
+                Rhs::View(bv),
                 false,
                 threads,
                 epilogue,

@@ -1,0 +1,178 @@
+//! A convolution's per-image steps on `sgemm` (f32 on CPUs with AVX2/FMA): the forward
+//! with the weights packed once per call and bias and activation applied to each finished
+//! tile, and the weight gradient; both take the im2col rows as they are packed
+//! (`ImageCols`), so the unfolded matrix is never written to memory.
+
+use super::conv2d::Geom;
+use super::conv2d_gemm::{valid_range, MatRef};
+use super::sgemm::{sgemm, Epilogue, Lhs, PackedLhs};
+use super::sgemm_pack::{Rhs, RowSource};
+
+/// One group of one image `x[C_g, H, W]` seen as its im2col matrix `[C_g * KH * KW, OH * OW]`
+/// (rows ordered `c, ki, kj`, as `conv2d_gemm::im2col` writes them).
+pub(super) struct ImageCols<'a> {
+    pub g: &'a Geom,
+    pub x: &'a [f32],
+}
+
+impl RowSource for ImageCols<'_> {
+    fn rows(&self) -> usize {
+        self.g.col_rows()
+    }
+
+    fn cols(&self) -> usize {
+        self.g.out_plane()
+    }
+
+    fn fill_row(&self, r: usize, j0: usize, out: &mut [f32]) {
+        let g = self.g;
+        let ((h, w), (_, ow), (kh, kw)) = (g.inp, g.out, g.k);
+        let (c, ki, kj) = (r / (kh * kw), (r / kw) % kh, r % kw);
+        let plane = &self.x[c * h * w..(c + 1) * h * w];
+        let (ylo, yhi) = valid_range(h, g.out.0, g.s.0, ki * g.d.0, g.pads[0]);
+        let (xlo, xhi) = valid_range(w, ow, g.s.1, kj * g.d.1, g.pads[1]);
+        let mut done = 0;
+        while done < out.len() {
+            let (oy, ox0) = ((j0 + done) / ow, (j0 + done) % ow);
+            let ox1 = ow.min(ox0 + out.len() - done);
+            let seg = &mut out[done..done + (ox1 - ox0)];
+            done += ox1 - ox0;
+            let (lo, hi) = (
+                xlo.clamp(ox0, ox1),
+                xhi.clamp(ox0, ox1).max(xlo.clamp(ox0, ox1)),
+            );
+            if oy < ylo || oy >= yhi || lo == hi {
+                seg.fill(0.0);
+                continue;
+            }
+            let iy = oy * g.s.0 + ki * g.d.0 - g.pads[0];
+            let src = &plane[iy * w..(iy + 1) * w];
+            seg[..lo - ox0].fill(0.0);
+            seg[hi - ox0..].fill(0.0);
+            let ix0 = lo * g.s.1 + kj * g.d.1 - g.pads[1];
+            let valid = &mut seg[lo - ox0..hi - ox0];
+            if g.s.1 == 1 {
+                valid.copy_from_slice(&src[ix0..ix0 + valid.len()]);
+            } else {
+                let from = src[ix0..].iter().step_by(g.s.1);
+                valid.iter_mut().zip(from).for_each(|(o, s)| *o = *s);
+            }
+        }
+    }
+}
+
+/// `sgemm`'s right operand for group `grp` of image `xn`: the image itself for a pointwise
+/// convolution, else its generated im2col rows (`transposed` for the weight gradient).
+fn image_operand<'a>(
+    g: &'a Geom,
+    x: &'a [f32],
+    cols: &'a ImageCols<'a>,
+    transposed: bool,
+) -> Rhs<'a> {
+    let (kk, p) = (g.col_rows(), g.out_plane());
+    match (g.is_pointwise(), transposed) {
+        (true, false) => Rhs::View(MatRef::rows(x, kk, p)),
+        (true, true) => Rhs::View(MatRef::transposed(x, p, kk)),
+        (false, t) => Rhs::generated(cols, t),
+    }
+}
+
+/// Forward of one image: `yn[C_out, P] = act(w * col + bias)` with `packed` the weights of
+/// each group and `clamp` the activation's bounds; every element of `yn` is written.
+pub(super) fn forward_image(
+    g: &Geom,
+    (xn, packed, bias): (&[f32], &[PackedLhs], Option<&[f32]>),
+    (yn, clamp): (&mut [std::mem::MaybeUninit<f32>], Option<(f32, f32)>),
+    threads: bool,
+) {
+    let (p, m, x_len) = (g.out_plane(), g.cout_g, g.cin_g * g.in_plane());
+    assert!(yn.len() >= g.groups * m * p && packed.len() == g.groups);
+    for grp in 0..g.groups {
+        let x = &xn[grp * x_len..(grp + 1) * x_len];
+        let cols = ImageCols { g, x };
+        let epilogue = Epilogue {
+            bias: bias.map(|b| &b[grp * m..(grp + 1) * m]),
+            clamp,
+        };
+        let y = yn[grp * m * p..].as_mut_ptr().cast::<f32>();
+        let (a, b) = (Lhs::packed(&packed[grp]), image_operand(g, x, &cols, false));
+        // SAFETY: `y` is this group's `m x p` block of `yn` (asserted long enough), row
+        // stride `p`, a unique borrow; the operands' shapes come from the same geometry.
+        unsafe { sgemm(y, p, a, b, false, threads, epilogue) };
+    }
+}
+
+/// Adds one image's weight gradient `gyn * col^T` into `dw[C_out, K]`.
+pub(super) fn grad_w_image(g: &Geom, (xn, gyn): (&[f32], &[f32]), dw: &mut [f32], threads: bool) {
+    let (p, kk, m, x_len) = (
+        g.out_plane(),
+        g.col_rows(),
+        g.cout_g,
+        g.cin_g * g.in_plane(),
+    );
+    assert!(dw.len() >= g.groups * m * kk && gyn.len() >= g.groups * m * p);
+    for grp in 0..g.groups {
+        let x = &xn[grp * x_len..(grp + 1) * x_len];
+        let cols = ImageCols { g, x };
+        let gy = MatRef::rows(&gyn[grp * m * p..(grp + 1) * m * p], m, p);
+        let dwg = dw[grp * m * kk..].as_mut_ptr();
+        let b = image_operand(g, x, &cols, true);
+        // SAFETY: `dwg` is this group's initialized `m x kk` block of `dw` (asserted), row
+        // stride `kk`, a unique borrow; `gy` is `m x p` and `b` is `p x kk`.
+        unsafe {
+            sgemm(
+                dwg,
+                kk,
+                Lhs::View(gy),
+                b,
+                true,
+                threads,
+                Epilogue::default(),
+            )
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::kernels::conv2d::Conv2dParams;
+    use crate::exec::kernels::conv2d::FusedActivation;
+    use crate::exec::kernels::conv2d_gemm::im2col;
+    use crate::exec::kernels::test_util::Lcg;
+
+    #[test]
+    fn generated_rows_equal_im2col_for_any_segment() {
+        let cases = [
+            ([1, 2, 7, 9], [3, 2, 3, 3], [2, 1], [1, 2], [1, 2, 0, 1]),
+            ([1, 1, 5, 5], [1, 1, 3, 3], [1, 1], [1, 1], [3, 0, 0, 3]),
+            ([1, 3, 6, 4], [2, 3, 5, 3], [1, 3], [2, 1], [2, 1, 2, 1]),
+        ];
+        for (x_dims, w_dims, stride, dilation, pads) in cases {
+            let params = Conv2dParams {
+                stride,
+                dilation,
+                pads,
+                groups: 1,
+                activation: FusedActivation::None,
+            };
+            let g = Geom::new(&params, &x_dims, &w_dims).expect("a valid geometry");
+            let x: Vec<f32> = Lcg(3)
+                .vec(x_dims.iter().product())
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let mut col = vec![f32::NAN; g.col_len()];
+            im2col(&g, &x, &mut col);
+            let cols = ImageCols { g: &g, x: &x };
+            let p = g.out_plane();
+            for r in 0..g.col_rows() {
+                for (j0, len) in [(0, p), (1, p - 1), (p / 2, p - p / 2), (p - 1, 1), (3, 0)] {
+                    let mut out = vec![f32::NAN; len];
+                    cols.fill_row(r, j0, &mut out);
+                    assert_eq!(out, col[r * p + j0..r * p + j0 + len], "row {r} from {j0}");
+                }
+            }
+        }
+    }
+}
