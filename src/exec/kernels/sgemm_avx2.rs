@@ -102,116 +102,76 @@ pub(super) unsafe fn tile_6x16(
     }
 }
 
-/// Like `tile_6x16` for the first 8 columns of the panel only (a panel with at most 8 real
-/// columns: half the work of the full tile, where a 7x7 image's 49 columns end in 1).
-///
-/// # Safety
-/// As for `tile_6x16`, with `c` valid for `MR` rows of 8 values.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn tile_6x8(
-    k: usize,
-    a: &[f32],
-    b: &[f32],
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
-    debug_assert!(a.len() >= k * MR && b.len() >= k * NR);
-    for i in 0..MR {
-        _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc).cast::<i8>());
-    }
-    let (mut pa, mut pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); MR];
-    for _ in 0..k {
-        let b0 = _mm256_loadu_ps(pb);
-        for (i, row) in acc.iter_mut().enumerate() {
-            *row = _mm256_fmadd_ps(_mm256_broadcast_ss(&*pa.add(i)), b0, *row);
+/// Defines a tile function like `tile_6x16` for only the first columns of the panel (one
+/// vector of the given intrinsics per row: a panel with few real columns, as where a 7x7
+/// image's 49 columns end in 1, does a fraction of the full tile's work).
+macro_rules! narrow_tile {
+    ($(#[$doc:meta])* $name:ident, $zero:ident, $load:ident, $bcast:ident, $fma:ident, $add:ident, $store:ident) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// As for `tile_6x16`, with `c` valid for `MR` rows of the vector's width.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        pub(super) unsafe fn $name(
+            k: usize,
+            a: &[f32],
+            b: &[f32],
+            c: *mut f32,
+            ldc: usize,
+            accumulate: bool,
+        ) {
+            debug_assert!(a.len() >= k * MR && b.len() >= k * NR);
+            let (mut pa, mut pb) = (a.as_ptr(), b.as_ptr());
+            let mut acc = [$zero(); MR];
+            for _ in 0..k {
+                let b0 = $load(pb);
+                for (i, row) in acc.iter_mut().enumerate() {
+                    *row = $fma($bcast(&*pa.add(i)), b0, *row);
+                }
+                pa = pa.add(MR);
+                pb = pb.add(NR);
+            }
+            for (i, row) in acc.into_iter().enumerate() {
+                let out = c.add(i * ldc);
+                let v = if accumulate { $add($load(out), row) } else { row };
+                $store(out, v);
+            }
         }
-        pa = pa.add(MR);
-        pb = pb.add(NR);
-    }
-    for (i, row) in acc.into_iter().enumerate() {
-        let out = c.add(i * ldc);
-        let v = if accumulate {
-            _mm256_add_ps(_mm256_loadu_ps(out), row)
-        } else {
-            row
-        };
-        _mm256_storeu_ps(out, v);
-    }
+    };
 }
 
-/// Like `tile_6x16` for the first 4 columns of the panel only (128-bit vectors: a 7x7
-/// image's 49 columns end in a panel with 1).
-///
-/// # Safety
-/// As for `tile_6x16`, with `c` valid for `MR` rows of 4 values.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn tile_6x4(
-    k: usize,
-    a: &[f32],
-    b: &[f32],
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
-    debug_assert!(a.len() >= k * MR && b.len() >= k * NR);
-    let (mut pa, mut pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [_mm_setzero_ps(); MR];
-    for _ in 0..k {
-        let b0 = _mm_loadu_ps(pb);
-        for (i, row) in acc.iter_mut().enumerate() {
-            *row = _mm_fmadd_ps(_mm_broadcast_ss(&*pa.add(i)), b0, *row);
-        }
-        pa = pa.add(MR);
-        pb = pb.add(NR);
-    }
-    for (i, row) in acc.into_iter().enumerate() {
-        let out = c.add(i * ldc);
-        let v = if accumulate {
-            _mm_add_ps(_mm_loadu_ps(out), row)
-        } else {
-            row
-        };
-        _mm_storeu_ps(out, v);
-    }
-}
+narrow_tile!(
+    /// `tile_6x16` for the first 8 columns of the panel only.
+    tile_6x8,
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_broadcast_ss,
+    _mm256_fmadd_ps,
+    _mm256_add_ps,
+    _mm256_storeu_ps
+);
+
+narrow_tile!(
+    /// `tile_6x16` for the first 4 columns of the panel only (128-bit vectors).
+    tile_6x4,
+    _mm_setzero_ps,
+    _mm_loadu_ps,
+    _mm_broadcast_ss,
+    _mm_fmadd_ps,
+    _mm_add_ps,
+    _mm_storeu_ps
+);
 
 /// Elsewhere `available()` is false and `sgemm` never runs: these keep it compiling.
 #[cfg(not(target_arch = "x86_64"))]
-mod elsewhere {
-    pub(in super::super) unsafe fn tile_6x16(
-        _: usize,
-        _: &[f32],
-        _: &[f32],
-        _: *mut f32,
-        _: usize,
-        _: bool,
-    ) {
-        unreachable!("sgemm runs on x86-64 only")
-    }
-    pub(in super::super) unsafe fn tile_6x8(
-        _: usize,
-        _: &[f32],
-        _: &[f32],
-        _: *mut f32,
-        _: usize,
-        _: bool,
-    ) {
-        unreachable!("sgemm runs on x86-64 only")
-    }
-    pub(in super::super) unsafe fn tile_6x4(
-        _: usize,
-        _: &[f32],
-        _: &[f32],
-        _: *mut f32,
-        _: usize,
-        _: bool,
-    ) {
-        unreachable!("sgemm runs on x86-64 only")
-    }
+macro_rules! unreachable_tiles {
+    ($($name:ident),*) => {$(
+        pub(super) unsafe fn $name(_: usize, _: &[f32], _: &[f32], _: *mut f32, _: usize, _: bool) {
+            unreachable!("sgemm runs on x86-64 only")
+        }
+    )*};
 }
+
 #[cfg(not(target_arch = "x86_64"))]
-pub(super) use elsewhere::*;
+unreachable_tiles!(tile_6x16, tile_6x8, tile_6x4);
