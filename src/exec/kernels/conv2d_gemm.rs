@@ -1,5 +1,7 @@
 //! The arithmetic of `conv2d`: im2col / col2im for one image and a safe wrapper around the
-//! `gemm` crate's packed matrix product, plus the per-image forward and backward steps.
+//! matrix product (amct's `sgemm` for f32 on CPUs with AVX2/FMA, the `gemm` crate otherwise),
+//! plus the per-image forward and backward steps. On `sgemm` the forward and the weight
+//! gradient hand over to `conv2d_sgemm`, which never unfolds the image.
 //!
 //! For one image and one group, with `K = C_in/groups * KH * KW` and `P = OH * OW`:
 //! forward `y[Cout_g, P] = w[Cout_g, K] * col[K, P]`; input gradient
