@@ -100,21 +100,12 @@ pub(super) fn matmul<T: WithDType>(
     // SAFETY: `MaybeUninit<T>` has `T`'s layout, and `matmul_rows` only stores initialized
     // values (products of `a` and `b`) into it, so `dst` stays a valid `[T]`.
     let dst = unsafe { &mut *(dst as *mut [T] as *mut [MaybeUninit<T>]) };
-    matmul_rows(
-        dst,
-        b.cols,
-        (a, packed),
-        b,
-        accumulate,
-        par,
-        Epilogue::default(),
-    )
+    matmul_rows(dst, b.cols, (a, packed), b, accumulate, par)
 }
 
 /// `dst[m x n] = [dst +] a * b` where row `i` of `dst` starts at `dst[i * dst_rs]`. Without
 /// `accumulate` the destination may be uninitialized: every element of the `m x n` block is
-/// written, none read. `packed`, when given, is `a` packed beforehand; a non-empty
-/// `epilogue` needs the `sgemm` path (f32 operands on a CPU that runs it).
+/// written, none read. `packed`, when given, is `a` packed beforehand.
 fn matmul_rows<T: WithDType>(
     dst: &mut [MaybeUninit<T>],
     dst_rs: usize,
@@ -122,7 +113,6 @@ fn matmul_rows<T: WithDType>(
     b: MatRef<T>,
     accumulate: bool,
     par: Parallelism,
-    epilogue: Epilogue,
 ) {
     let (m, n, k) = (a.rows, b.cols, a.cols);
     assert!(a.fits() && b.fits() && b.rows == k && dst_rs >= n);
@@ -147,23 +137,12 @@ fn matmul_rows<T: WithDType>(
                 let d = dst.as_mut_ptr().cast::<f32>();
                 let lhs = packed.map_or(Lhs::View(a32), Lhs::packed);
                 let threads = !matches!(par, Parallelism::None);
-                sgemm(
-                    d,
-                    dst_rs,
-                    lhs,
-                    Rhs::View(b32),
-                    accumulate,
-                    threads,
-                    epilogue,
-                )
+                let none = Epilogue::default();
+                sgemm(d, dst_rs, lhs, Rhs::View(b32), accumulate, threads, none)
             };
             return;
         }
     }
-    assert!(
-        epilogue.is_empty(),
-        "an epilogue needs f32 operands and sgemm"
-    );
     // SAFETY: the asserts above keep every index gemm touches inside the three slices: `a` and
     // `b` are read at `i * rs + j * cs` for `i < rows, j < cols` (checked by `fits`), `dst`
     // is written at `i * dst_rs + j` for `i < m, j < n`; `dst` is a unique borrow so nothing
@@ -439,7 +418,7 @@ pub(super) fn forward_image<T: WithDType>(
     for grp in 0..g.groups {
         let col = columns(g, xn, grp, scratch);
         let wg = MatRef::rows(&w.data[grp * m * kk..(grp + 1) * m * kk], m, kk);
-        let wg = (wg, w.packed.map(|p| &p[grp]));
+        let wg = (wg, None); // packed weights took the `conv2d_sgemm` path above
         let yg = &mut yn[grp * m * p..(grp + 1) * m * p];
         let bg = bias.map(|b| &b[grp * m..(grp + 1) * m]);
         for p0 in (0..p).step_by(block.max(1)) {
@@ -451,7 +430,7 @@ pub(super) fn forward_image<T: WithDType>(
                 rs: p,
                 cs: 1,
             };
-            matmul_rows(&mut yg[p0..], p, wg, cols, false, par, Epilogue::default());
+            matmul_rows(&mut yg[p0..], p, wg, cols, false, par);
             if bg.is_none() && clamp.is_none() {
                 continue;
             }

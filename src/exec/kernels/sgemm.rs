@@ -133,7 +133,7 @@ pub(super) struct Epilogue<'a> {
 }
 
 impl<'a> Epilogue<'a> {
-    pub(super) fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.bias.is_none() && self.clamp.is_none()
     }
 
