@@ -6,14 +6,19 @@ timed by its own `bench-forward` subcommand (prints {"images_per_s": x});
 onnxruntime in a child Python process (default session options, intra_op
 threads = 2) with the same warmup (1) and iteration count. Each tool runs in
 its own process, so the peak resident memory of each (from wait4) is
-reported too. Prints a markdown table.
-Usage: AMCT_BIN=target/release/amct .venv/bin/python benches/forward_throughput.py [--iters N]
+reported too. With --rounds R (default 3) the pair runs R times back to
+back, amct then onnxruntime, and the table gives the median of the R
+per-round ratios (this 2-core virtual machine's speed drifts by 10-30%
+from minute to minute; a ratio of adjacent runs is steadier than either
+figure). Prints a markdown table.
+Usage: AMCT_BIN=target/release/amct .venv/bin/python benches/forward_throughput.py [--iters N] [--rounds R]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -71,6 +76,7 @@ def ort_ips(model: Path, feeds: dict, iters: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--models", nargs="+", default=["resnet50", "mobilenetv2"])
     ap.add_argument("--ort-worker", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -83,14 +89,21 @@ def main() -> int:
     fixtures = Path(os.environ.get("AMCT_FIXTURES", ROOT / "tests" / "fixtures" / "gen"))
     print(f"batch {BATCH}, {args.iters} iterations after {WARMUP} warmup, onnxruntime {ort.__version__} "
           f"(intra_op threads 2), {os.cpu_count()} CPUs\n")
-    print("| model | amct img/s | ORT img/s | amct/ORT | amct peak RSS MiB | ORT peak RSS MiB | amct/ORT memory |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| model | amct img/s | ORT img/s | amct/ORT per round | amct/ORT median | amct peak RSS MiB "
+          "| ORT peak RSS MiB | amct/ORT memory |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|")
     for name in args.models:
         model = fixtures / name / "model.onnx"
-        a, a_rss = amct_ips(amct, model, args.iters)
-        o, o_rss = ort_child(model, fixtures / name / f"in_b{BATCH}.npz", args.iters)
-        print(f"| {name} | {a:.2f} | {o:.2f} | {a / o:.2f} | {a_rss:.0f} | {o_rss:.0f} | {a_rss / o_rss:.2f} |",
-              flush=True)
+        rounds = []
+        for _ in range(max(1, args.rounds)):
+            a, a_rss = amct_ips(amct, model, args.iters)
+            o, o_rss = ort_child(model, fixtures / name / f"in_b{BATCH}.npz", args.iters)
+            rounds.append((a, o, a_rss, o_rss))
+        a, o, a_rss, o_rss = (statistics.median(r[i] for r in rounds) for i in range(4))
+        ratios = [r[0] / r[1] for r in rounds]
+        per_round = ", ".join(f"{x:.2f}" for x in ratios)
+        print(f"| {name} | {a:.2f} | {o:.2f} | {per_round} | {statistics.median(ratios):.2f} | {a_rss:.0f} "
+              f"| {o_rss:.0f} | {a_rss / o_rss:.2f} |", flush=True)
     return 0
 
 

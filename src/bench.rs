@@ -44,7 +44,15 @@ fn random_feeds(model: &Model, batch: usize, device: &Device) -> Result<HashMap<
 
 /// Forward passes per second, as JSON `{"images_per_s": ..}`. With `fuse`, the exact rewrites
 /// (BatchNorm folding, constant folding) run first, as onnxruntime's default optimizations do.
-pub fn bench_forward(model: &Model, t: Timing, device: &Device, fuse: bool) -> Result<String> {
+/// With `profile`, each node's time is recorded too and the second string is the
+/// `op_profile::report` of the timed runs.
+pub fn bench_forward(
+    model: &Model,
+    t: Timing,
+    device: &Device,
+    fuse: bool,
+    profile: bool,
+) -> Result<(String, Option<String>)> {
     let fused;
     let model = if fuse {
         fused = crate::passes::fuse_pipeline(model, &crate::passes::FuseOptions::default())?.0;
@@ -57,19 +65,25 @@ pub fn bench_forward(model: &Model, t: Timing, device: &Device, fuse: bool) -> R
     for _ in 0..t.warmup {
         executor.run(&feeds)?;
     }
+    let mut times = Vec::new();
     let start = Instant::now();
     for _ in 0..t.iters {
-        for o in executor.run(&feeds)? {
+        let outputs = match profile {
+            true => executor.run_timed(&feeds, &mut times)?,
+            false => executor.run(&feeds)?,
+        };
+        for o in outputs {
             // Forces completion on asynchronous devices.
             o.tensor.to_device(&Device::Cpu)?;
         }
     }
     let secs = start.elapsed().as_secs_f64();
     let images = (t.iters * t.batch) as f64;
-    Ok(serde_json::json!({
+    let json = serde_json::json!({
         "images_per_s": images / secs, "seconds": secs, "iters": t.iters, "batch": t.batch
-    })
-    .to_string())
+    });
+    let table = profile.then(|| crate::op_profile::report(&times, t.iters, 0.002));
+    Ok((json.to_string(), table))
 }
 
 /// Training steps per second (forward in training mode, softmax cross-entropy on random

@@ -10,6 +10,7 @@ pub mod exec;
 pub mod graph;
 pub mod inspect;
 pub mod onnx;
+pub mod op_profile;
 pub mod passes;
 pub mod process_tuning;
 pub mod progress;

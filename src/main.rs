@@ -110,6 +110,10 @@ enum Command {
         /// folding) that run first by default, as onnxruntime's default graph optimizations do.
         #[arg(long)]
         no_fuse: bool,
+        /// Also time every node and print, on stderr, a table of the time per op type and
+        /// the slowest nodes.
+        #[arg(long)]
+        profile: bool,
     },
     /// Measure training steps (forward with batch statistics, cross-entropy on random
     /// labels, backward, SGD with momentum) in images/s on random inputs; prints JSON.
@@ -223,6 +227,7 @@ fn run(cli: Cli) -> Result<()> {
             warmup,
             device,
             no_fuse,
+            profile,
         } => bench_forward(
             &model,
             Timing {
@@ -232,6 +237,7 @@ fn run(cli: Cli) -> Result<()> {
             },
             &device,
             !no_fuse,
+            profile,
         ),
         Command::BenchTrain {
             model,
@@ -477,12 +483,13 @@ fn convert(input: &Path, output: &Path, external_data: bool, fuse: bool) -> Resu
     Ok(())
 }
 
-fn bench_forward(path: &Path, t: Timing, device: &str, fuse: bool) -> Result<()> {
+fn bench_forward(path: &Path, t: Timing, device: &str, fuse: bool, profile: bool) -> Result<()> {
     let device = exec::parse_device(device)?;
-    println!(
-        "{}",
-        amct::bench::bench_forward(&load(path)?, t, &device, fuse)?
-    );
+    let (json, table) = amct::bench::bench_forward(&load(path)?, t, &device, fuse, profile)?;
+    println!("{json}");
+    if let Some(table) = table {
+        eprintln!("{table}");
+    }
     Ok(())
 }
 

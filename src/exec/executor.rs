@@ -166,6 +166,17 @@ impl Executor {
         self.outputs_of(env)
     }
 
+    /// Runs the graph like `run`, adding each node's wall time to `times` (a node fused with
+    /// the activation after it counts as one, named `Conv+Relu`).
+    pub fn run_timed(
+        &self,
+        feeds: &HashMap<String, Value>,
+        times: &mut Vec<NodeTime>,
+    ) -> Result<Vec<Value>> {
+        let env = self.run_with(feeds, &[], &|_| false, &mut |_, _| Ok(()), Some(times))?;
+        self.outputs_of(env)
+    }
+
     fn outputs_of(&self, env: HashMap<String, Value>) -> Result<Vec<Value>> {
         self.outputs
             .iter()
@@ -183,6 +194,17 @@ impl Executor {
         keep: &[&str],
         watched: &dyn Fn(&str) -> bool,
         observe: &mut dyn FnMut(&str, &Value) -> Result<()>,
+    ) -> Result<HashMap<String, Value>> {
+        self.run_with(feeds, keep, watched, observe, None)
+    }
+
+    fn run_with(
+        &self,
+        feeds: &HashMap<String, Value>,
+        keep: &[&str],
+        watched: &dyn Fn(&str) -> bool,
+        observe: &mut dyn FnMut(&str, &Value) -> Result<()>,
+        mut times: Option<&mut Vec<NodeTime>>,
     ) -> Result<HashMap<String, Value>> {
         let mut observe = |name: &str, value: &Value| match watched(name) {
             true => observe(name, value),
@@ -213,10 +235,25 @@ impl Executor {
                 self.free(&mut env, frees, keep);
                 continue;
             }
-            let fused = self.fusions[i].filter(|_| {
-                let mid = node.outputs[0].as_str();
-                !watched(mid) && !keep.contains(&mid)
+            let fused = self.fusions[i].filter(|f| {
+                // The values the fused call never produces must not be wanted.
+                let sum = f.residual.filter(|&(add, _)| add != f.consumer);
+                let sum = sum.map(|(add, _)| self.nodes[add].outputs[0].as_str());
+                [Some(node.outputs[0].as_str()), sum]
+                    .into_iter()
+                    .flatten()
+                    .all(|mid| !watched(mid) && !keep.contains(&mid))
             });
+            let residual = match fused.and_then(|f| f.residual) {
+                Some((add, slot)) => {
+                    let name = &self.nodes[add].inputs[slot];
+                    let value = env
+                        .get(name)
+                        .ok_or_else(|| ExecError::Missing(name.clone()))?;
+                    Some(value.clone())
+                }
+                None => None,
+            };
             let inputs = node
                 .inputs
                 .iter()
@@ -237,13 +274,32 @@ impl Executor {
                 device: &self.options.device,
                 float: self.options.float,
                 activation: fused.map_or(FusedActivation::None, |f| f.activation),
+                residual,
                 train: self.options.train,
                 qat: self.options.qat,
             };
+            let start = times.is_some().then(std::time::Instant::now);
             let outs = ops::run(&ctx).map_err(|e| with_node(e, node))?;
+            if let (Some(times), Some(start)) = (times.as_deref_mut(), start) {
+                let mut op = node.op_type.clone();
+                if let Some(f) = fused {
+                    let add = f.residual.map(|(add, _)| add).filter(|&a| a != f.consumer);
+                    for absorbed in add.into_iter().chain([f.consumer]) {
+                        op = format!("{op}+{}", self.nodes[absorbed].op_type);
+                    }
+                }
+                times.push(NodeTime {
+                    node: node.name.clone(),
+                    op,
+                    seconds: start.elapsed().as_secs_f64(),
+                });
+            }
             let names = match fused {
                 Some(f) => {
                     absorbed[f.consumer] = true;
+                    if let Some((add, _)) = f.residual {
+                        absorbed[add] = true;
+                    }
                     &self.nodes[f.consumer].outputs
                 }
                 None => &node.outputs,
@@ -278,6 +334,15 @@ impl Executor {
             })?;
         Ok(Value::new(t.to_dtype(storage)?, dtype))
     }
+}
+
+/// The wall time of one node in one `Executor::run_timed`.
+#[derive(Debug, Clone)]
+pub struct NodeTime {
+    pub node: String,
+    /// The op type (`Conv+Relu` where the executor fused the activation into the conv).
+    pub op: String,
+    pub seconds: f64,
 }
 
 fn with_node(e: ExecError, node: &Node) -> ExecError {

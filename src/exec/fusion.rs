@@ -1,8 +1,10 @@
 //! Conv + activation fusion for the executor: a `Conv` whose only reader is a `Relu` or a
 //! `Clip` with constant bounds runs as one kernel call (`kernels::conv2d` applies the
 //! activation while the output is still in cache), and the activation node is skipped. In
-//! forward-only executors an `Add` (a residual join) fuses with its Relu the same way
-//! (`kernels::add_act`).
+//! forward-only executors a `Conv` whose only reader is an `Add` (a residual join) whose
+//! other operand is already computed absorbs that Add and the activation after it
+//! (`kernels::conv2d_add`: the residual is added to each output tile as it is finished), and
+//! an `Add` that no Conv absorbed fuses with its Relu (`kernels::add_act`).
 //!
 //! The plan is made once per executor; a run drops a fusion whose intermediate (the Conv's
 //! own output) the caller wants to see or keep, so observers still get every value they ask
@@ -14,11 +16,15 @@ use std::collections::HashMap;
 use crate::exec::kernels::conv2d::FusedActivation;
 use crate::graph::{Model, Node};
 
-/// One Conv (or Add) node fused with its activation.
+/// One Conv (or Add) node fused with its activation, and a Conv with a residual Add.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct Fusion {
-    /// Index (in run order) of the activation node that the Conv absorbs.
+    /// Index (in run order) of the last node absorbed (the activation, or the Add when no
+    /// activation follows it): the fused call writes its outputs.
     pub consumer: usize,
+    /// The residual Add absorbed by a Conv: its index and which of its inputs is the
+    /// residual (the operand that is not the Conv's output).
+    pub residual: Option<(usize, usize)>,
     pub activation: FusedActivation,
 }
 
@@ -42,9 +48,56 @@ pub(super) fn plan(model: &Model, nodes: &[Node], trainable: bool) -> Vec<Option
         }
     };
     let opset = model.onnx_opset();
+    let activation_of = |act: &Node| -> Option<FusedActivation> {
+        Some(match act.op_type.as_str() {
+            "Relu" => FusedActivation::Relu,
+            "Clip" if opset < 11 => FusedActivation::Clip(
+                act.attr_float("min").map_or(f64::NEG_INFINITY, f64::from),
+                act.attr_float("max").map_or(f64::INFINITY, f64::from),
+            ),
+            "Clip" if !trainable => {
+                let lo = constant(act.inputs.get(1))?.unwrap_or(f64::NEG_INFINITY);
+                let hi = constant(act.inputs.get(2))?.unwrap_or(f64::INFINITY);
+                FusedActivation::Clip(lo, hi)
+            }
+            _ => return None,
+        })
+    };
+    // The only reader of `out` (a value no graph output names), when it reads it first.
+    let sole_reader = |out: &str| -> Option<usize> {
+        let [reader] = readers.get(out)?.as_slice() else {
+            return None;
+        };
+        let first = nodes[*reader].inputs.first().map(String::as_str) == Some(out);
+        (!is_output(out) && first).then_some(*reader)
+    };
+    // Where each value is produced (graph inputs: before every node).
+    let mut produced_at: HashMap<&str, usize> = HashMap::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for o in &node.outputs {
+            produced_at.insert(o, i);
+        }
+    }
+    let is_input = |name: &str| graph.inputs.iter().any(|i| i.name == name);
+    // A residual Add reading Conv `i`'s output `out`: the Add's index and the slot of its
+    // other operand, which must be computed before the Conv runs.
+    let residual_add = |i: usize, out: &str| -> Option<(usize, usize)> {
+        let [add] = readers.get(out)?.as_slice() else {
+            return None;
+        };
+        let node = &nodes[*add];
+        if trainable || node.op_type != "Add" || node.inputs.len() != 2 || is_output(out) {
+            return None;
+        }
+        let slot = node.inputs.iter().position(|n| n != out)?;
+        let other = node.inputs[slot].as_str();
+        let ready = produced_at.get(other).is_some_and(|&p| p < i) || is_input(other);
+        ready.then_some((*add, slot))
+    };
     nodes
         .iter()
-        .map(|producer| {
+        .enumerate()
+        .map(|(i, producer)| {
             let fusable = match producer.op_type.as_str() {
                 "Conv" => true,
                 // Add has no fused backward: forward-only executors only.
@@ -55,29 +108,23 @@ pub(super) fn plan(model: &Model, nodes: &[Node], trainable: bool) -> Vec<Option
                 return None;
             }
             let out = producer.outputs[0].as_str();
-            let [consumer] = readers.get(out)?.as_slice() else {
-                return None;
-            };
-            let act = &nodes[*consumer];
-            if is_output(out) || act.inputs.first().map(String::as_str) != Some(out) {
-                return None;
-            }
-            let activation = match act.op_type.as_str() {
-                "Relu" => FusedActivation::Relu,
-                "Clip" if opset < 11 => FusedActivation::Clip(
-                    act.attr_float("min").map_or(f64::NEG_INFINITY, f64::from),
-                    act.attr_float("max").map_or(f64::INFINITY, f64::from),
-                ),
-                "Clip" if !trainable => {
-                    let lo = constant(act.inputs.get(1))?.unwrap_or(f64::NEG_INFINITY);
-                    let hi = constant(act.inputs.get(2))?.unwrap_or(f64::INFINITY);
-                    FusedActivation::Clip(lo, hi)
+            if producer.op_type == "Conv" {
+                if let Some((add, slot)) = residual_add(i, out) {
+                    let sum = nodes[add].outputs.first()?.as_str();
+                    let act = sole_reader(sum).and_then(|r| Some((r, activation_of(&nodes[r])?)));
+                    let (consumer, activation) = act.unwrap_or((add, FusedActivation::None));
+                    return Some(Fusion {
+                        consumer,
+                        residual: Some((add, slot)),
+                        activation,
+                    });
                 }
-                _ => return None,
-            };
+            }
+            let consumer = sole_reader(out)?;
             Some(Fusion {
-                consumer: *consumer,
-                activation,
+                consumer,
+                residual: None,
+                activation: activation_of(&nodes[consumer])?,
             })
         })
         .collect()
@@ -156,6 +203,72 @@ mod tests {
         let plain = run(ExecOptions::default()).detach();
         let d = (fused - plain).unwrap().abs().unwrap().max_all().unwrap();
         assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    /// A ResNet block with a projection shortcut, the shortcut listed after the main branch:
+    /// `x -> a -> relu -> c`, `x -> ds`, `relu(c + ds)`; with `one_d`, 1-D convolutions.
+    fn residual_block(one_d: bool) -> Model {
+        let mut rng = t::Rng::new(11);
+        let w = |rng: &mut t::Rng, name| match one_d {
+            false => t::init(rng, name, &[4, 4, 1, 1], 0.0),
+            true => t::init(rng, name, &[4, 4, 1], 0.0),
+        };
+        let inits = vec![w(&mut rng, "wa"), w(&mut rng, "wc"), w(&mut rng, "wd")];
+        let nodes = vec![
+            t::node("a", "Conv", &["x", "wa"], &["ca"]),
+            t::node("a_relu", "Relu", &["ca"], &["ra"]),
+            t::node("c", "Conv", &["ra", "wc"], &["cc"]),
+            t::node("ds", "Conv", &["x", "wd"], &["cd"]),
+            t::node("add", "Add", &["cc", "cd"], &["s"]),
+            t::node("relu", "Relu", &["s"], &["y"]),
+        ];
+        let x: &[i64] = if one_d { &[2, 4, 9] } else { &[2, 4, 6, 6] };
+        t::model(nodes, &[("x", x)], &["y"], inits, 13)
+    }
+
+    #[test]
+    fn conv_absorbs_a_residual_add_computed_before_it() {
+        let m = residual_block(false);
+        let order = topological_order(&m.graph).unwrap();
+        let at = |name: &str| order.iter().position(|&i| m.graph.nodes[i].name == name);
+        let (c, ds, add, relu) = (at("c").unwrap(), at("ds").unwrap(), at("add"), at("relu"));
+        let plan = fusions(&m, false);
+        // Of the two convolutions the Add joins, the one that runs second absorbs it; the
+        // other's output is its residual (input 0 of the Add is `cc`, input 1 `cd`).
+        let (first, second, slot) = if c < ds { (c, ds, 0) } else { (ds, c, 1) };
+        assert_eq!(plan[first], None);
+        assert_eq!(
+            plan[second],
+            Some(Fusion {
+                consumer: relu.unwrap(),
+                residual: Some((add.unwrap(), slot)),
+                activation: FusedActivation::Relu,
+            })
+        );
+        assert!(fusions(&m, true)[second].is_none_or(|f| f.residual.is_none()));
+    }
+
+    #[test]
+    fn residual_fusion_gives_the_unfused_values() {
+        for one_d in [false, true] {
+            let m = residual_block(one_d);
+            let dims: &[usize] = if one_d { &[2, 4, 9] } else { &[2, 4, 6, 6] };
+            let x = Tensor::randn(0f32, 1.0, dims, &Device::Cpu).unwrap();
+            let feeds = Map::from([("x".to_string(), Value::new(x, DType::F32))]);
+            let run = |options: ExecOptions| {
+                let exec = Executor::new(&m, options).unwrap();
+                let mut times = Vec::new();
+                let y = exec.run_timed(&feeds, &mut times).unwrap().remove(0).tensor;
+                (y, times)
+            };
+            let (fused, times) = run(ExecOptions::inference(&Device::Cpu));
+            let ops: Vec<&str> = times.iter().map(|t| t.op.as_str()).collect();
+            assert_eq!(ops, ["Conv+Relu", "Conv", "Conv+Add+Relu"], "one_d {one_d}");
+            let (plain, _) = run(ExecOptions::default());
+            let d = (fused - plain.detach()).unwrap().abs().unwrap();
+            let d = d.flatten_all().unwrap().max(0).unwrap();
+            assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "one_d {one_d}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub mod ops;
 mod value;
 
 pub use error::{ExecError, Result};
-pub use executor::{ExecOptions, Executor};
+pub use executor::{ExecOptions, Executor, NodeTime};
 pub use value::{storage_dtype, Value};
 
 /// Parses a device name: "cpu", "cuda" or "cuda:N".

@@ -15,10 +15,13 @@
 
 use super::contiguous_slice;
 use super::conv2d_gemm::{
-    forward_image, grad_w_image, grad_x_image, pack_weights, ConvFloat, Parallelism, Weights,
+    forward_image, forward_small_images, grad_w_image, grad_x_image, pack_weights, ConvFloat,
+    Parallelism, Weights,
 };
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
+};
 use rayon::prelude::*;
 
 /// An activation applied to the convolution's output in the same pass.
@@ -82,7 +85,10 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &Conv2dParams) -
         )
     }
     let g = Geom::new(p, x.dims(), w.dims())?;
-    let op = ConvOp { p: *p };
+    let op = ConvOp {
+        p: *p,
+        residual: None,
+    };
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     match bias {
         None => x.apply_op2(&w, op),
@@ -97,6 +103,36 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &Conv2dParams) -
             x.apply_op3(&w, &b.contiguous()?, op)
         }
     }
+}
+
+/// `activation(conv2d(x, w) + bias + residual)` with `residual` shaped like the output (a
+/// residual `Add` fused into the convolution, forward-only: the result tracks no gradient).
+/// `None` when `residual` does not fit (another shape, dtype or device): the caller adds it
+/// itself.
+pub fn conv2d_add(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    residual: &Tensor,
+    p: &Conv2dParams,
+) -> Result<Option<Tensor>> {
+    let g = Geom::new(p, x.dims(), w.dims())?;
+    if residual.shape() != &g.y_shape()
+        || residual.dtype() != x.dtype()
+        || !residual.device().is_cpu()
+    {
+        return Ok(None);
+    }
+    let op = ConvOp {
+        p: *p,
+        residual: Some(residual.contiguous()?),
+    };
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match bias {
+        None => x.apply_op2_no_bwd(&w, &op),
+        Some(b) => x.apply_op3_no_bwd(&w, &b.contiguous()?, &op),
+    }
+    .map(Some)
 }
 
 /// Sizes and attributes of one call, shared by the forward and backward kernels.
@@ -215,7 +251,13 @@ fn over_images<T: ConvFloat, U: Send>(
     }
 }
 
-fn fwd<T: ConvFloat>(g: &Geom, act: FusedActivation, x: &[T], w: &[T], b: Option<&[T]>) -> Vec<T> {
+fn fwd<T: ConvFloat>(
+    g: &Geom,
+    (act, residual): (FusedActivation, Option<&[T]>),
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+) -> Vec<T> {
     let (xl, yl) = (g.x_len(), g.y_len());
     let len = g.n * yl;
     // Not zero-filled: `forward_image` writes every element, and a fill would be one more
@@ -226,14 +268,22 @@ fn fwd<T: ConvFloat>(g: &Geom, act: FusedActivation, x: &[T], w: &[T], b: Option
         data: w,
         packed: packed.as_deref(),
     };
-    over_images(
-        g,
-        &mut y.spare_capacity_mut()[..len],
-        yl,
-        |n, yn, scratch: &mut Vec<T>, par| {
-            forward_image(g, (&x[n * xl..(n + 1) * xl], w, b), (yn, act), scratch, par);
-        },
-    );
+    let out = &mut y.spare_capacity_mut()[..len];
+    if forward_small_images(g, (x, w, b), (out, residual, act)) {
+        // SAFETY: `forward_small_images` wrote every element of the batch.
+        unsafe { y.set_len(len) };
+        return y;
+    }
+    over_images(g, out, yl, |n, yn, scratch: &mut Vec<T>, par| {
+        let rn = residual.map(|r| &r[n * yl..(n + 1) * yl]);
+        forward_image(
+            g,
+            (&x[n * xl..(n + 1) * xl], w, b),
+            (yn, rn, act),
+            scratch,
+            par,
+        );
+    });
     // SAFETY: the chunks cover `..len` and `forward_image` initializes every element.
     unsafe { y.set_len(len) };
     y
@@ -299,9 +349,11 @@ fn expect(l: &Layout, shape: &Shape, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// `(x, w[, b]) -> activation(x (*) w + b)`.
+/// `(x, w[, b]) -> activation(x (*) w + b [+ residual])`; only ops without a residual are
+/// differentiated (`conv2d_add` applies the others without a backward).
 struct ConvOp {
     p: Conv2dParams,
+    residual: Option<Tensor>,
 }
 
 impl ConvOp {
@@ -316,14 +368,28 @@ impl ConvOp {
             expect(bl, &Shape::from(g.cout()), "bias")?;
         }
         let act = self.p.activation;
+        let residual = self.residual.as_ref().map(|r| r.storage_and_layout());
+        let residual = match &residual {
+            None => None,
+            Some((storage, layout)) => {
+                expect(layout, &g.y_shape(), "residual")?;
+                match &**storage {
+                    Storage::Cpu(cpu) => Some((cpu, *layout)),
+                    _ => bail!("conv2d: the residual is not on the CPU"),
+                }
+            }
+        };
         let storage = match (x.0, w.0) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => {
                 let bias = b
                     .map(|(s, l)| contiguous_slice::<f32>(s, l, "conv2d bias"))
                     .transpose()?;
+                let residual = residual
+                    .map(|(s, l)| contiguous_slice::<f32>(s, l, "conv2d residual"))
+                    .transpose()?;
                 CpuStorage::F32(fwd(
                     &g,
-                    act,
+                    (act, residual),
                     contiguous_slice(x.0, x.1, "conv2d input")?,
                     contiguous_slice(w.0, w.1, "conv2d weight")?,
                     bias,
@@ -333,9 +399,12 @@ impl ConvOp {
                 let bias = b
                     .map(|(s, l)| contiguous_slice::<f64>(s, l, "conv2d bias"))
                     .transpose()?;
+                let residual = residual
+                    .map(|(s, l)| contiguous_slice::<f64>(s, l, "conv2d residual"))
+                    .transpose()?;
                 CpuStorage::F64(fwd(
                     &g,
-                    act,
+                    (act, residual),
                     contiguous_slice(x.0, x.1, "conv2d input")?,
                     contiguous_slice(w.0, w.1, "conv2d weight")?,
                     bias,

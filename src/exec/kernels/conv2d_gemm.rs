@@ -359,13 +359,17 @@ fn bounds<T: WithDType>(act: FusedActivation) -> Option<(T, T)> {
     Some((T::from_f64(lo), T::from_f64(hi)))
 }
 
-/// `row[i] = clamp(row[i] + bias, lo, hi)` in one pass.
-fn finish_row<T: WithDType>(row: &mut [T], bias: T, clamp: Option<(T, T)>) {
+/// `row[i] = clamp(row[i] + bias + residual[i], lo, hi)` in one pass.
+fn finish_row<T: WithDType>(row: &mut [T], bias: T, residual: Option<&[T]>, clamp: Option<(T, T)>) {
+    let add = |i: usize, v: T| residual.map_or(v, |r| v + r[i]);
     match clamp {
-        None => row.iter_mut().for_each(|v| *v += bias),
+        None => row
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = add(i, *v + bias)),
         Some((lo, hi)) => {
-            for v in row {
-                let x = *v + bias;
+            for (i, v) in row.iter_mut().enumerate() {
+                let x = add(i, *v + bias);
                 let x = if x < lo { lo } else { x };
                 *v = if x > hi { hi } else { x };
             }
@@ -384,14 +388,14 @@ fn column_block<T>(rows: usize) -> usize {
     (bytes / (rows.max(1) * std::mem::size_of::<T>())).max(64)
 }
 
-/// Forward of one image: `yn[C_out, P] = act(w * col + bias)`, writing every element of the
-/// (uninitialized) output. On one thread the product is split into column blocks, each
+/// Forward of one image: `yn[C_out, P] = act(w * col + bias + residual)` (`residual` shaped
+/// like `yn`), writing every element of the (uninitialized) output. On one thread the product is split into column blocks, each
 /// finished (bias, activation) while in cache; with threads inside gemm it is one product
 /// followed by one pass.
 pub(super) fn forward_image<T: WithDType>(
     g: &Geom,
     (xn, w, bias): (&[T], Weights<T>, Option<&[T]>),
-    (yn, act): (&mut [MaybeUninit<T>], FusedActivation),
+    (yn, residual, act): (&mut [MaybeUninit<T>], Option<&[T]>, FusedActivation),
     scratch: &mut Vec<T>,
     par: Parallelism,
 ) {
@@ -407,7 +411,7 @@ pub(super) fn forward_image<T: WithDType>(
         return super::conv2d_sgemm::forward_image(
             g,
             (x32, packed, bias32),
-            (y32, clamp32),
+            (y32, residual.and_then(f32_slice), clamp32),
             threads,
         );
     }
@@ -431,7 +435,7 @@ pub(super) fn forward_image<T: WithDType>(
                 cs: 1,
             };
             matmul_rows(&mut yg[p0..], p, wg, cols, false, par);
-            if bg.is_none() && clamp.is_none() {
+            if bg.is_none() && clamp.is_none() && residual.is_none() {
                 continue;
             }
             for (o, row) in yg[p0..].chunks_mut(p).enumerate() {
@@ -439,10 +443,34 @@ pub(super) fn forward_image<T: WithDType>(
                 // SAFETY: `matmul_rows` (not accumulating) has just written every element of
                 // this `m x pb` block, so these are initialized values of `T`.
                 let row = unsafe { &mut *(row as *mut [MaybeUninit<T>] as *mut [T]) };
-                finish_row(row, bg.map_or(T::zero(), |b| b[o]), clamp);
+                let res = residual.map(|r| &r[(grp * m + o) * p + p0..][..pb]);
+                finish_row(row, bg.map_or(T::zero(), |b| b[o]), res, clamp);
             }
         }
     }
+}
+
+/// The forward of the whole batch at once (`conv2d_sgemm::forward_batch`) when the weights
+/// are packed for `sgemm`, there is more than one image and each is small; `false` (and
+/// nothing written) otherwise, for the caller to run `forward_image` per image.
+pub(super) fn forward_small_images<T: WithDType>(
+    g: &Geom,
+    (x, w, bias): (&[T], Weights<T>, Option<&[T]>),
+    (y, residual, act): (&mut [MaybeUninit<T>], Option<&[T]>, FusedActivation),
+) -> bool {
+    use super::conv2d_sgemm::{forward_batch, BATCH_BELOW_PIXELS};
+    let (Some(packed), Some(x32)) = (w.packed, f32_slice(x)) else {
+        return false;
+    };
+    if g.n < 2 || g.out_plane() >= BATCH_BELOW_PIXELS {
+        return false;
+    }
+    let clamp = bounds::<T>(act).map(|(lo, hi)| (lo.to_f64() as f32, hi.to_f64() as f32));
+    // SAFETY: `T` is `f32` (its slice converted), so this is the same memory retyped.
+    let y32 = unsafe { &mut *(y as *mut [MaybeUninit<T>] as *mut [MaybeUninit<f32>]) };
+    let operands = (x32, packed, bias.and_then(f32_slice));
+    forward_batch(g, operands, (y32, residual.and_then(f32_slice), clamp));
+    true
 }
 
 /// Input gradient of one image: `dxn[C_in, H, W]` from `gyn[C_out, P]`.

@@ -5,8 +5,9 @@
 
 use super::conv2d::Geom;
 use super::conv2d_gemm::{valid_range, MatRef};
-use super::sgemm::{sgemm, Epilogue, Lhs, PackedLhs};
+use super::sgemm::{sgemm, Epilogue, Lhs, PackedLhs, Residual};
 use super::sgemm_pack::{Rhs, RowSource};
+use std::mem::MaybeUninit;
 
 /// One group of one image `x[C_g, H, W]` seen as its im2col matrix `[C_g * KH * KW, OH * OW]`
 /// (rows ordered `c, ki, kj`, as `conv2d_gemm::im2col` writes them).
@@ -61,6 +62,92 @@ impl RowSource for ImageCols<'_> {
     }
 }
 
+/// One group of every image of a batch as one im2col matrix `[C_g * KH * KW, N * OH * OW]`:
+/// image `b`'s columns follow image `b - 1`'s.
+pub(super) struct BatchCols<'a> {
+    pub g: &'a Geom,
+    /// The whole batch `[N, C, H, W]`.
+    pub x: &'a [f32],
+    pub group: usize,
+}
+
+impl RowSource for BatchCols<'_> {
+    fn rows(&self) -> usize {
+        self.g.col_rows()
+    }
+
+    fn cols(&self) -> usize {
+        self.g.n * self.g.out_plane()
+    }
+
+    fn fill_row(&self, r: usize, j0: usize, out: &mut [f32]) {
+        let (g, p) = (self.g, self.g.out_plane());
+        let (image_len, group_len) = (g.cin_g * g.groups * g.in_plane(), g.cin_g * g.in_plane());
+        let mut done = 0;
+        while done < out.len() {
+            let (b, j) = ((j0 + done) / p, (j0 + done) % p);
+            let len = (p - j).min(out.len() - done);
+            let x = &self.x[b * image_len + self.group * group_len..][..group_len];
+            ImageCols { g, x }.fill_row(r, j, &mut out[done..done + len]);
+            done += len;
+        }
+    }
+}
+
+/// Whether `forward_batch` runs a convolution: images of fewer output pixels than this
+/// leave the micro-kernel too few column panels per image to reuse each packed panel of
+/// the weights, so all images are multiplied at once.
+pub(super) const BATCH_BELOW_PIXELS: usize = 128;
+
+/// The forward of a whole batch as one product per group, `[C_out_g, N * P]`, into a
+/// scratch matrix, then scattered into the NCHW output `y` with the bias, residual and
+/// clamp: the same values, element for element, as `forward_image` on each image (the same
+/// depth blocks, and the epilogue's additions in the same order).
+pub(super) fn forward_batch(
+    g: &Geom,
+    (x, packed, bias): (&[f32], &[PackedLhs], Option<&[f32]>),
+    (y, residual, clamp): ImageOutput,
+) {
+    let (p, m, n) = (g.out_plane(), g.cout_g, g.n);
+    let image_len = g.groups * m * p;
+    assert!(y.len() >= n * image_len && packed.len() == g.groups);
+    assert!(residual.is_none_or(|r| r.len() >= n * image_len));
+    let mut product = vec![0f32; m * n * p];
+    for (grp, weights) in packed.iter().enumerate() {
+        let cols = BatchCols { g, x, group: grp };
+        let (a, b) = (Lhs::packed(weights), Rhs::generated(&cols, false));
+        // SAFETY: `product` holds `m x (n * p)` values, row stride `n * p`, a unique borrow;
+        // `a` is `m x K` and `b` is `K x (n * p)` for the same geometry.
+        let dst = product.as_mut_ptr();
+        unsafe { sgemm(dst, n * p, a, b, false, true, Epilogue::default()) };
+        for (o, row) in product.chunks(n * p).enumerate() {
+            let c = grp * m + o;
+            let add = bias.map(|b| b[c]);
+            for (b, sums) in row.chunks(p).enumerate() {
+                let at = b * image_len + c * p;
+                let res = residual.map(|r| &r[at..at + p]);
+                for (j, (out, &v)) in y[at..at + p].iter_mut().zip(sums).enumerate() {
+                    let v = add.map_or(v, |a| v + a);
+                    let v = res.map_or(v, |r| v + r[j]);
+                    let v = match clamp {
+                        None => v,
+                        // Comparisons, as in `sgemm`'s epilogue: a NaN stays NaN.
+                        Some((lo, hi)) => {
+                            let v = if v < lo { lo } else { v };
+                            if v > hi {
+                                hi
+                            } else {
+                                v
+                            }
+                        }
+                    };
+                    out.write(v);
+                }
+            }
+        }
+    }
+}
+
 /// `sgemm`'s right operand for group `grp` of image `xn`: the image itself for a pointwise
 /// convolution, else its generated im2col rows (`transposed` for the weight gradient).
 fn image_operand<'a>(
@@ -77,27 +164,42 @@ fn image_operand<'a>(
     }
 }
 
-/// Forward of one image: `yn[C_out, P] = act(w * col + bias)` with `packed` the weights of
-/// each group and `clamp` the activation's bounds; every element of `yn` is written.
+/// Where one image's forward goes: the (uninitialized) output, the residual added to it and
+/// the activation's bounds.
+type ImageOutput<'a> = (
+    &'a mut [MaybeUninit<f32>],
+    Option<&'a [f32]>,
+    Option<(f32, f32)>,
+);
+
+/// Forward of one image: `yn[C_out, P] = act(w * col + bias + residual)` with `packed` the
+/// weights of each group, `residual` shaped like `yn` and `clamp` the activation's bounds;
+/// every element of `yn` is written.
 pub(super) fn forward_image(
     g: &Geom,
     (xn, packed, bias): (&[f32], &[PackedLhs], Option<&[f32]>),
-    (yn, clamp): (&mut [std::mem::MaybeUninit<f32>], Option<(f32, f32)>),
+    (yn, residual, clamp): ImageOutput,
     threads: bool,
 ) {
     let (p, m, x_len) = (g.out_plane(), g.cout_g, g.cin_g * g.in_plane());
     assert!(yn.len() >= g.groups * m * p && packed.len() == g.groups);
+    assert!(residual.is_none_or(|r| r.len() >= g.groups * m * p));
     for grp in 0..g.groups {
         let x = &xn[grp * x_len..(grp + 1) * x_len];
         let cols = ImageCols { g, x };
         let epilogue = Epilogue {
             bias: bias.map(|b| &b[grp * m..(grp + 1) * m]),
+            residual: residual.map(|r| Residual {
+                ptr: r[grp * m * p..].as_ptr(),
+                rs: p,
+            }),
             clamp,
         };
         let y = yn[grp * m * p..].as_mut_ptr().cast::<f32>();
         let (a, b) = (Lhs::packed(&packed[grp]), image_operand(g, x, &cols, false));
         // SAFETY: `y` is this group's `m x p` block of `yn` (asserted long enough), row
-        // stride `p`, a unique borrow; the operands' shapes come from the same geometry.
+        // stride `p`, a unique borrow; so is the residual's, only read; the operands' shapes
+        // come from the same geometry.
         unsafe { sgemm(y, p, a, b, false, threads, epilogue) };
     }
 }

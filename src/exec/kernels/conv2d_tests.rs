@@ -151,6 +151,62 @@ fn forward_matches_naive() -> Res {
 }
 
 #[test]
+fn residual_is_added_before_the_activation_exactly_as_unfused() -> Res {
+    for (k, case) in grid().iter().enumerate() {
+        for dtype in [DType::F64, DType::F32] {
+            let (x, w, b) = tensors(case, dtype, 40 + k as u64)?;
+            let plain = conv2d(&x, &w, Some(&b), &case.4)?;
+            let mut rng = Lcg(90 + k as u64);
+            let r = Tensor::from_vec(rng.vec(plain.elem_count()), plain.shape(), &Device::Cpu)?
+                .to_dtype(dtype)?;
+            for act in ACTIVATIONS {
+                let prm = Conv2dParams {
+                    activation: act,
+                    ..case.4
+                };
+                let fused = conv2d_add(&x, &w, Some(&b), &r, &prm)?.expect("same shape");
+                let sum = (&plain + &r)?;
+                let want = match act {
+                    FusedActivation::None => sum,
+                    FusedActivation::Relu => sum.relu()?,
+                    FusedActivation::Clip(lo, hi) => sum.clamp(lo, hi)?,
+                };
+                let d = (fused - want)?.abs()?.flatten_all()?.max(0)?;
+                let d = d.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                assert_eq!(d, 0.0, "case {k} {dtype:?} {act:?}");
+            }
+            // A residual of another shape (a broadcast) is left to the caller.
+            let other = Tensor::zeros(1, dtype, &Device::Cpu)?;
+            assert!(conv2d_add(&x, &w, None, &other, &case.4)?.is_none());
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_batch_gives_each_image_the_values_it_gets_alone() -> Res {
+    // Small images run as one product over the batch (`forward_small_images`), large ones
+    // image by image; either way an image's output does not depend on its batch.
+    for (k, case) in grid().iter().enumerate() {
+        let (x, w, b) = tensors(case, DType::F32, 70 + k as u64)?;
+        let prm = Conv2dParams {
+            activation: FusedActivation::Clip(-0.5, 0.7),
+            ..case.4
+        };
+        let batch = conv2d(&x, &w, Some(&b), &prm)?;
+        for n in 0..x.dim(0)? {
+            let alone = conv2d(&x.narrow(0, n, 1)?, &w, Some(&b), &prm)?;
+            let d = (batch.narrow(0, n, 1)? - alone)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?;
+            assert_eq!(d.to_scalar::<f32>()?, 0.0, "case {k} image {n}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn backward_matches_candle_autograd() -> Res {
     for (k, case) in grid().iter().enumerate() {
         if case.4.dilation[0] != case.4.dilation[1] {

@@ -1,12 +1,12 @@
 //! amct's own f32 matrix product for the convolution kernels: depth blocks (KC), column
-//! blocks of `B` (NC) packed into 16-column panels, `A` packed into 6-row panels (once per
+//! blocks of `B` (at most NC_MAX) packed into 16-column panels, `A` packed into 6-row panels (once per
 //! product, or once per convolution for its weights: `PackedLhs`), and `sgemm_avx2`'s
 //! register-tile micro-kernel over them. Any strides are accepted (packing absorbs
 //! transposes). Where the CPU lacks AVX2/FMA the caller falls back to the `gemm` crate;
 //! `AMCT_GEMM=crate` forces that fallback.
 
 use super::conv2d_gemm::MatRef;
-use super::sgemm_avx2::{tile_6x16, tile_6x4, tile_6x8, MR, NR};
+use super::sgemm_avx2::{tile_6x16, tile_6x4, tile_6x8, TileStore, MR, NR};
 use super::sgemm_pack::{pack_a, pack_b, Rhs};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -17,8 +17,16 @@ use std::sync::OnceLock;
 pub(super) const KC: usize = 320;
 /// Rows of `A` multiplied with one packed block of `B` (MC x KC, 180 KiB, in L2).
 const MC: usize = 144;
-/// Columns of a packed `B` block (KC x NC, 240 KiB), also in L2.
-pub(super) const NC: usize = 192;
+/// Most columns of a packed `B` block (KC x NC_MAX, 300 KiB), also in L2.
+pub(super) const NC_MAX: usize = 240;
+
+/// The width of each column block for `n` columns: as few blocks as `NC_MAX` allows, of
+/// equal width (208 columns in one block, not 192 + 16: every block streams all of `A`
+/// through the cache once more).
+fn column_step(n: usize) -> usize {
+    let blocks = n.div_ceil(NC_MAX).max(1);
+    n.div_ceil(blocks).next_multiple_of(NR).min(NC_MAX)
+}
 
 /// The depth of each block for a product of depth `k`: blocks of equal depth, at most `KC`
 /// (576 = 2 x 288 instead of 256 + 256 + 64: every block finishes its tiles of the
@@ -124,40 +132,71 @@ impl<'a> Lhs<'a> {
     }
 }
 
-/// What is applied to each finished element of the product, while its tile is in cache:
-/// `clamp(v + bias[row], lo, hi)` (a convolution's bias and fused activation).
+/// What is applied to each finished element of the product, while its tile is in registers:
+/// `clamp(v + bias[row] + residual[row, col], lo, hi)` (a convolution's bias, the residual
+/// branch an `Add` joins it with, and the fused activation).
 #[derive(Clone, Copy, Default)]
 pub(super) struct Epilogue<'a> {
     pub bias: Option<&'a [f32]>,
+    pub residual: Option<Residual>,
     pub clamp: Option<(f32, f32)>,
 }
 
+/// A matrix added to the product, shaped like the destination: row `i` starts at
+/// `ptr + i * rs`.
+#[derive(Clone, Copy)]
+pub(super) struct Residual {
+    pub ptr: *const f32,
+    pub rs: usize,
+}
+
+// SAFETY: a `Residual` is only read, and the caller of `sgemm` keeps it alive.
+unsafe impl Send for Residual {}
+unsafe impl Sync for Residual {}
+
 impl<'a> Epilogue<'a> {
     fn is_empty(&self) -> bool {
-        self.bias.is_none() && self.clamp.is_none()
+        self.bias.is_none() && self.residual.is_none() && self.clamp.is_none()
     }
 
-    /// The epilogue of rows `i0..` (the bias shifted along).
-    fn rows_from(self, i0: usize) -> Self {
+    /// The epilogue of the sub-matrix whose corner is element `(i, j)`.
+    fn at(self, i: usize, j: usize) -> Self {
         Epilogue {
-            bias: self.bias.map(|b| &b[i0..]),
+            bias: self.bias.map(|b| &b[i..]),
+            // SAFETY (of the offset): `(i, j)` lies inside the product, which the residual
+            // covers.
+            residual: self.residual.map(|r| Residual {
+                ptr: unsafe { r.ptr.add(i * r.rs + j) },
+                rs: r.rs,
+            }),
             ..self
         }
     }
 
-    /// Applies it to an `mr x nr` tile of `c` whose first row is row `i` of the product.
+    /// Applies it to an `mr x nr` tile of `c` whose first row is row `i` of the product
+    /// (the residual already at the tile's corner).
     unsafe fn apply(&self, c: Dst, i: usize, (mr, nr): (usize, usize)) {
         for r in 0..mr {
             let add = self.bias.map_or(0.0, |b| b[i + r]);
             let row = std::slice::from_raw_parts_mut(c.ptr.add(r * c.rs), nr);
-            match self.clamp {
-                None => row.iter_mut().for_each(|v| *v += add),
-                Some((lo, hi)) => row.iter_mut().for_each(|v| {
+            let res = self
+                .residual
+                .map(|s| std::slice::from_raw_parts(s.ptr.add(r * s.rs), nr));
+            for (j, v) in row.iter_mut().enumerate() {
+                let x = *v + add;
+                let x = res.map_or(x, |s| x + s[j]);
+                *v = match self.clamp {
+                    None => x,
                     // Comparisons, not `max`/`min`: a NaN stays NaN, as in the unfused ops.
-                    let x = *v + add;
-                    let x = if x < lo { lo } else { x };
-                    *v = if x > hi { hi } else { x };
-                }),
+                    Some((lo, hi)) => {
+                        let x = if x < lo { lo } else { x };
+                        if x > hi {
+                            hi
+                        } else {
+                            x
+                        }
+                    }
+                };
             }
         }
     }
@@ -242,7 +281,7 @@ unsafe fn split(dst: Dst, a: Lhs, b: Rhs, finish: (bool, Epilogue), workers: usi
                 let nb = step.min(n - j0);
                 let part = b.columns(j0, nb);
                 // SAFETY: columns `j0..j0 + nb` of `dst` belong to this task alone.
-                unsafe { serial(dst.at(0, j0), a, part, finish) }
+                unsafe { serial(dst.at(0, j0), a, part, (finish.0, finish.1.at(0, j0))) }
             });
     } else {
         let step = m.div_ceil(workers).next_multiple_of(MR);
@@ -253,13 +292,13 @@ unsafe fn split(dst: Dst, a: Lhs, b: Rhs, finish: (bool, Epilogue), workers: usi
             .for_each(|i0| {
                 let part = a.rows(i0, step.min(m - i0));
                 // SAFETY: rows `i0..` of `dst` (as many as `part` has) belong to this task alone.
-                unsafe { serial(dst.at(i0, 0), part, b, (finish.0, finish.1.rows_from(i0))) }
+                unsafe { serial(dst.at(i0, 0), part, b, (finish.0, finish.1.at(i0, 0))) }
             });
     }
 }
 
 /// One thread's product in the loop order of BLIS: for each depth block (KC), `A` is
-/// packed (unless it comes packed); for each column block (NC) of `B`, packed into L2 as
+/// packed (unless it comes packed); for each column block of `B`, packed into L2 as
 /// 16-column panels, each row block (MC) of `A` goes through the micro-kernel with it.
 unsafe fn serial(dst: Dst, a: Lhs, b: Rhs, (accumulate, epilogue): (bool, Epilogue)) {
     let ((m, k), (_, n)) = (a.shape(), b.shape());
@@ -268,7 +307,8 @@ unsafe fn serial(dst: Dst, a: Lhs, b: Rhs, (accumulate, epilogue): (bool, Epilog
         Lhs::Packed { .. } => 0,
     };
     let step = depth_step(k);
-    with_buffer(&PACK_B, KC * NC.min(n.next_multiple_of(NR)), |pb| {
+    let nc_step = column_step(n);
+    with_buffer(&PACK_B, KC * nc_step, |pb| {
         with_buffer(&PACK_A, a_buffer, |pa| {
             for p0 in (0..k).step_by(step) {
                 let kc = step.min(k - p0);
@@ -281,13 +321,13 @@ unsafe fn serial(dst: Dst, a: Lhs, b: Rhs, (accumulate, epilogue): (bool, Epilog
                     }
                     Lhs::Packed { packed, row0, .. } => packed.panels((p0, kc), row0),
                 };
-                for j0 in (0..n).step_by(NC) {
-                    let nc = NC.min(n - j0);
+                for j0 in (0..n).step_by(nc_step) {
+                    let nc = nc_step.min(n - j0);
                     pack_b(b, (p0, kc), (j0, nc), pb);
                     for i0 in (0..m).step_by(MC) {
                         let mc = MC.min(m - i0);
                         let block_panels = &panels[i0 * kc..];
-                        let finish = (acc, last.then_some(epilogue.rows_from(i0)));
+                        let finish = (acc, last.then_some(epilogue.at(i0, j0)));
                         block(dst.at(i0, j0), (mc, nc, kc), block_panels, pb, finish);
                     }
                 }
@@ -318,7 +358,7 @@ fn with_buffer<R>(
 }
 
 /// The micro-kernel over one packed `mc x kc` block of `A` and `kc x nc` block of `B`.
-/// `epilogue` (given for the last depth block) is applied to each tile as it is finished.
+/// `epilogue` (given for the last depth block) is applied to each tile as it is stored.
 unsafe fn block(
     dst: Dst,
     (mc, nc, kc): (usize, usize, usize),
@@ -327,40 +367,73 @@ unsafe fn block(
     (acc, epilogue): (bool, Option<Epilogue>),
 ) {
     let epilogue = epilogue.filter(|e| !e.is_empty());
-    for (jp, j) in (0..nc).step_by(NR).enumerate() {
-        let nr = NR.min(nc - j);
-        let bp = &pb[jp * kc * NR..(jp + 1) * kc * NR];
-        for (ip, i) in (0..mc).step_by(MR).enumerate() {
-            let mr = MR.min(mc - i);
-            let ap = &pa[ip * kc * MR..(ip + 1) * kc * MR];
+    // Row panels outside, column panels inside: the tiles of the destination (and of the
+    // residual) are visited along their rows, six sequential streams the hardware
+    // prefetcher follows, and the `A` panel stays in L1 while `B`'s panels stream from L2.
+    for (ip, i) in (0..mc).step_by(MR).enumerate() {
+        let mr = MR.min(mc - i);
+        let ap = &pa[ip * kc * MR..(ip + 1) * kc * MR];
+        for (jp, j) in (0..nc).step_by(NR).enumerate() {
+            let nr = NR.min(nc - j);
+            let bp = &pb[jp * kc * NR..(jp + 1) * kc * NR];
+            let epilogue = epilogue.map(|e| e.at(i, j));
             let c = dst.at(i, j);
-            if mr == MR && nr == NR {
-                tile_6x16(kc, ap, bp, c.ptr, c.rs, acc);
-            } else if mr == MR && nr == 8 {
-                tile_6x8(kc, ap, bp, c.ptr, c.rs, acc);
-            } else {
-                let mut tile = [0f32; MR * NR];
-                if nr <= 4 {
-                    tile_6x4(kc, ap, bp, tile.as_mut_ptr(), NR, false);
-                } else if nr <= 8 {
-                    tile_6x8(kc, ap, bp, tile.as_mut_ptr(), NR, false);
+            if mr == MR && (nr == NR || nr == 8) {
+                let store = tile_store(acc, epilogue.as_ref());
+                if nr == NR {
+                    tile_6x16(kc, ap, bp, c.ptr, c.rs, store);
                 } else {
-                    tile_6x16(kc, ap, bp, tile.as_mut_ptr(), NR, false);
+                    tile_6x8(kc, ap, bp, c.ptr, c.rs, store);
                 }
-                for r in 0..mr {
-                    let (out, part) = (c.ptr.add(r * c.rs), &tile[r * NR..r * NR + nr]);
-                    if acc {
-                        // Initialized: an accumulating product reads its destination.
-                        let out = std::slice::from_raw_parts_mut(out, nr);
-                        out.iter_mut().zip(part).for_each(|(o, v)| *o += v);
-                    } else {
-                        std::ptr::copy_nonoverlapping(part.as_ptr(), out, nr);
-                    }
-                }
-            }
-            if let Some(e) = &epilogue {
-                e.apply(c, i, (mr, nr));
+            } else {
+                ragged_tile(c, (mr, nr), (kc, ap, bp), acc, epilogue.as_ref());
             }
         }
+    }
+}
+
+/// How a full tile is stored, `epilogue` at its corner.
+fn tile_store<'a>(acc: bool, epilogue: Option<&Epilogue<'a>>) -> TileStore<'a> {
+    let Some(e) = epilogue else {
+        return TileStore::plain(acc);
+    };
+    TileStore {
+        accumulate: acc,
+        bias: e.bias.map(|b| b[..MR].try_into().expect("MR bias values")),
+        residual: e.residual.map(|r| (r.ptr, r.rs)),
+        clamp: e.clamp,
+    }
+}
+
+/// A tile with fewer than `MR` rows or an odd number of columns: computed in a local
+/// `MR x NR` tile (loaded from `c` first when accumulating), then its `mr x nr` corner
+/// copied out and finished there.
+unsafe fn ragged_tile(
+    c: Dst,
+    (mr, nr): (usize, usize),
+    (kc, ap, bp): (usize, &[f32], &[f32]),
+    acc: bool,
+    epilogue: Option<&Epilogue>,
+) {
+    let mut tile = [0f32; MR * NR];
+    if acc {
+        // Initialized: an accumulating product reads its destination.
+        for r in 0..mr {
+            std::ptr::copy_nonoverlapping(c.ptr.add(r * c.rs), tile[r * NR..].as_mut_ptr(), nr);
+        }
+    }
+    let (t, store) = (tile.as_mut_ptr(), TileStore::plain(acc));
+    if nr <= 4 {
+        tile_6x4(kc, ap, bp, t, NR, store);
+    } else if nr <= 8 {
+        tile_6x8(kc, ap, bp, t, NR, store);
+    } else {
+        tile_6x16(kc, ap, bp, t, NR, store);
+    }
+    for r in 0..mr {
+        std::ptr::copy_nonoverlapping(tile[r * NR..].as_ptr(), c.ptr.add(r * c.rs), nr);
+    }
+    if let Some(e) = epilogue {
+        e.apply(c, 0, (mr, nr));
     }
 }

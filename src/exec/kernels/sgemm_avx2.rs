@@ -9,6 +9,32 @@ pub(super) const MR: usize = 6;
 /// Columns of the tile (two 8-lane vectors).
 pub(super) const NR: usize = 16;
 
+/// How a tile is written when its products are summed: added to what `c` holds or written
+/// over it, then (for the last depth block of a product with an epilogue) plus a bias per
+/// row and clamped, all while the tile is still in registers.
+#[derive(Clone, Copy)]
+pub(super) struct TileStore<'a> {
+    pub accumulate: bool,
+    /// The bias of the tile's rows.
+    pub bias: Option<&'a [f32; MR]>,
+    /// A matrix added before the clamp: its tile's corner and row stride.
+    pub residual: Option<(*const f32, usize)>,
+    /// `(lo, hi)`: `x < lo` becomes `lo`, `x > hi` becomes `hi`, and NaN stays NaN.
+    pub clamp: Option<(f32, f32)>,
+}
+
+impl TileStore<'_> {
+    /// A plain store: written over (or added to) `c`, no epilogue.
+    pub(super) fn plain(accumulate: bool) -> Self {
+        TileStore {
+            accumulate,
+            bias: None,
+            residual: None,
+            clamp: None,
+        }
+    }
+}
+
 /// Whether this CPU runs the micro-kernel (checked once by the caller).
 pub(super) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -22,8 +48,8 @@ pub(super) fn available() -> bool {
 }
 
 /// `c[MR x NR] = [c +] a_panel * b_panel` over `k` steps, where `a_panel` holds `MR` values
-/// per step and `b_panel` `NR` values per step, and row `i` of `c` starts at `c + i * ldc`.
-/// Without `accumulate`, `c` is only written, never read.
+/// per step and `b_panel` `NR` values per step, and row `i` of `c` starts at `c + i * ldc`;
+/// `store` says how (without `accumulate`, `c` is only written, never read).
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; `a` must hold `k * MR` values and `b` `k * NR`; `c`
@@ -36,7 +62,7 @@ pub(super) unsafe fn tile_6x16(
     b: &[f32],
     c: *mut f32,
     ldc: usize,
-    accumulate: bool,
+    store: TileStore,
 ) {
     debug_assert!(a.len() >= k * MR && b.len() >= k * NR);
     // The tile of `c` is read or written only after the loop: start fetching it now so that
@@ -44,6 +70,12 @@ pub(super) unsafe fn tile_6x16(
     for i in 0..MR {
         _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc).cast::<i8>());
         _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1).cast::<i8>());
+    }
+    if let Some((r, rs)) = store.residual {
+        for i in 0..MR {
+            _mm_prefetch::<_MM_HINT_T0>(r.add(i * rs).cast::<i8>());
+            _mm_prefetch::<_MM_HINT_T0>(r.add(i * rs + NR - 1).cast::<i8>());
+        }
     }
     let (mut pa, mut pb) = (a.as_ptr(), b.as_ptr());
     let mut c00 = _mm256_setzero_ps();
@@ -90,15 +122,73 @@ pub(super) unsafe fn tile_6x16(
         (c40, c41),
         (c50, c51),
     ];
+    let finish = Finish::new(&store);
     for (i, (lo, hi)) in rows.into_iter().enumerate() {
         let row = c.add(i * ldc);
-        if accumulate {
-            _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), lo));
-            _mm256_storeu_ps(row.add(8), _mm256_add_ps(_mm256_loadu_ps(row.add(8)), hi));
-        } else {
-            _mm256_storeu_ps(row, lo);
-            _mm256_storeu_ps(row.add(8), hi);
+        _mm256_storeu_ps(row, finish.apply256(lo, (row, i, 0)));
+        _mm256_storeu_ps(row.add(8), finish.apply256(hi, (row.add(8), i, 8)));
+    }
+}
+
+/// A `TileStore` with its bounds as vectors.
+#[cfg(target_arch = "x86_64")]
+struct Finish<'a> {
+    store: &'a TileStore<'a>,
+    /// `(lo, hi)` of the clamp.
+    bounds: Option<(__m256, __m256)>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<'a> Finish<'a> {
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn new(store: &'a TileStore<'a>) -> Self {
+        let bounds = store
+            .clamp
+            .map(|(lo, hi)| (_mm256_set1_ps(lo), _mm256_set1_ps(hi)));
+        Finish { store, bounds }
+    }
+
+    /// The value to store for the 8-lane part `v` of row `i` at `out`, column `j` of the
+    /// tile.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn apply256(&self, v: __m256, (out, i, j): (*const f32, usize, usize)) -> __m256 {
+        let mut v = v;
+        if self.store.accumulate {
+            v = _mm256_add_ps(_mm256_loadu_ps(out), v);
         }
+        if let Some(bias) = self.store.bias {
+            v = _mm256_add_ps(v, _mm256_set1_ps(bias[i]));
+        }
+        if let Some((r, rs)) = self.store.residual {
+            v = _mm256_add_ps(v, _mm256_loadu_ps(r.add(i * rs + j)));
+        }
+        if let Some((lo, hi)) = self.bounds {
+            // `max(lo, v)` gives `v` when `v` is NaN, as does `min(hi, .)`.
+            v = _mm256_min_ps(hi, _mm256_max_ps(lo, v));
+        }
+        v
+    }
+
+    /// `apply256` for a 4-lane part.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn apply128(&self, v: __m128, (out, i, j): (*const f32, usize, usize)) -> __m128 {
+        let mut v = v;
+        if self.store.accumulate {
+            v = _mm_add_ps(_mm_loadu_ps(out), v);
+        }
+        if let Some(bias) = self.store.bias {
+            v = _mm_add_ps(v, _mm_set1_ps(bias[i]));
+        }
+        if let Some((r, rs)) = self.store.residual {
+            v = _mm_add_ps(v, _mm_loadu_ps(r.add(i * rs + j)));
+        }
+        if let Some((lo, hi)) = self.bounds {
+            v = _mm_min_ps(
+                _mm256_castps256_ps128(hi),
+                _mm_max_ps(_mm256_castps256_ps128(lo), v),
+            );
+        }
+        v
     }
 }
 
@@ -106,7 +196,7 @@ pub(super) unsafe fn tile_6x16(
 /// vector of the given intrinsics per row: a panel with few real columns, as where a 7x7
 /// image's 49 columns end in 1, does a fraction of the full tile's work).
 macro_rules! narrow_tile {
-    ($(#[$doc:meta])* $name:ident, $zero:ident, $load:ident, $bcast:ident, $fma:ident, $add:ident, $store:ident) => {
+    ($(#[$doc:meta])* $name:ident, $zero:ident, $load:ident, $bcast:ident, $fma:ident, $apply:ident, $store:ident) => {
         $(#[$doc])*
         ///
         /// # Safety
@@ -119,7 +209,7 @@ macro_rules! narrow_tile {
             b: &[f32],
             c: *mut f32,
             ldc: usize,
-            accumulate: bool,
+            store: TileStore,
         ) {
             debug_assert!(a.len() >= k * MR && b.len() >= k * NR);
             let (mut pa, mut pb) = (a.as_ptr(), b.as_ptr());
@@ -132,10 +222,10 @@ macro_rules! narrow_tile {
                 pa = pa.add(MR);
                 pb = pb.add(NR);
             }
+            let finish = Finish::new(&store);
             for (i, row) in acc.into_iter().enumerate() {
                 let out = c.add(i * ldc);
-                let v = if accumulate { $add($load(out), row) } else { row };
-                $store(out, v);
+                $store(out, finish.$apply(row, (out, i, 0)));
             }
         }
     };
@@ -148,7 +238,7 @@ narrow_tile!(
     _mm256_loadu_ps,
     _mm256_broadcast_ss,
     _mm256_fmadd_ps,
-    _mm256_add_ps,
+    apply256,
     _mm256_storeu_ps
 );
 
@@ -159,7 +249,7 @@ narrow_tile!(
     _mm_loadu_ps,
     _mm_broadcast_ss,
     _mm_fmadd_ps,
-    _mm_add_ps,
+    apply128,
     _mm_storeu_ps
 );
 
@@ -167,7 +257,7 @@ narrow_tile!(
 #[cfg(not(target_arch = "x86_64"))]
 macro_rules! unreachable_tiles {
     ($($name:ident),*) => {$(
-        pub(super) unsafe fn $name(_: usize, _: &[f32], _: &[f32], _: *mut f32, _: usize, _: bool) {
+        pub(super) unsafe fn $name(_: usize, _: &[f32], _: &[f32], _: *mut f32, _: usize, _: TileStore) {
             unreachable!("sgemm runs on x86-64 only")
         }
     )*};

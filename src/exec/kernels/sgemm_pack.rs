@@ -3,7 +3,7 @@
 //! as they are packed instead of unfolded into memory first).
 
 use super::conv2d_gemm::MatRef;
-use super::sgemm::{KC, NC};
+use super::sgemm::{KC, NC_MAX};
 use super::sgemm_avx2::{MR, NR};
 
 /// A matrix whose rows are produced on demand (an image's im2col rows).
@@ -157,7 +157,7 @@ fn pack_b_rows(
     (j0, nc): (usize, usize),
     out: &mut [f32],
 ) {
-    let mut row = [0f32; NC];
+    let mut row = [0f32; NC_MAX];
     for p in 0..kc {
         src.fill_row(p0 + p, j0, &mut row[..nc]);
         for (jp, part) in row[..nc].chunks(NR).enumerate() {

@@ -2,7 +2,7 @@
 //! given transposed, accumulation, and the threaded split by columns and by rows.
 
 use super::conv2d_gemm::MatRef;
-use super::sgemm::{enabled, sgemm, Epilogue, Lhs, PackedLhs};
+use super::sgemm::{enabled, sgemm, Epilogue, Lhs, PackedLhs, Residual};
 use super::sgemm_pack::Rhs;
 use super::test_util::Lcg;
 
@@ -88,7 +88,7 @@ fn sgemm_matches_a_naive_product() {
         (64, 3136, 64, false, false, false, true, true), // ResNet's first stage, by columns
         (512, 49, 600, false, false, false, true, false), // a late stage, split by rows
         (512, 49, 600, true, false, true, true, true),  // the same, packed A split by rows
-        (20, 4100, 5, true, true, true, false, false),  // n over NC, both transposed
+        (20, 4100, 5, true, true, true, false, false),  // n over NC_MAX, both transposed
         (5, 30, 0, false, false, false, false, false),
     ];
     for &case in cases {
@@ -130,7 +130,16 @@ fn sgemm_speed_probe() {
         let t = std::time::Instant::now();
         for _ in 0..100_000 {
             // SAFETY: panels of depth 256, a 6 x 16 destination.
-            unsafe { super::sgemm_avx2::tile_6x16(256, &a, &b, c.as_mut_ptr(), 16, true) };
+            unsafe {
+                super::sgemm_avx2::tile_6x16(
+                    256,
+                    &a,
+                    &b,
+                    c.as_mut_ptr(),
+                    16,
+                    super::sgemm_avx2::TileStore::plain(true),
+                )
+            };
         }
         best = best.min(t.elapsed().as_secs_f64());
     }
@@ -215,16 +224,37 @@ fn sgemm_speed_probe() {
 #[test]
 fn sgemm_applies_bias_and_clamp_once_to_every_element() {
     assert!(enabled());
-    // Two depth blocks, ragged tiles, split by rows over threads and not.
-    for &(m, n, k, threads) in &[(13, 37, 700, false), (512, 20, 40, true), (7, 9, 3, false)] {
+    // Two depth blocks, ragged tiles, full 6x8 tiles, split by rows over threads and not;
+    // written over and accumulated into the destination; with and without the clamp and a
+    // residual.
+    let cases = [
+        (13, 37, 700, false),
+        (512, 20, 40, true),
+        (7, 9, 3, false),
+        (12, 8, 5, false),
+        (12, 700, 40, true),
+    ];
+    for (&(m, n, k, threads), case) in cases.iter().zip(0..) {
+        let (accumulate, clamp) = (case % 2 == 1, (case != 2).then_some((-0.5f32, 1.5f32)));
         let mut rng = Lcg(7 + m as u64);
         let a: Vec<f32> = rng.vec(m * k).into_iter().map(|v| v as f32).collect();
         let b: Vec<f32> = rng.vec(k * n).into_iter().map(|v| v as f32).collect();
         let bias: Vec<f32> = rng.vec(m).into_iter().map(|v| v as f32).collect();
-        let mut dst = vec![0f32; m * n];
+        let before: Vec<f32> = rng.vec(m * n).into_iter().map(|v| v as f32).collect();
+        let residual: Vec<f32> = rng.vec(m * n).into_iter().map(|v| v as f32).collect();
+        let with_residual = case != 1;
+        let mut dst = if accumulate {
+            before.clone()
+        } else {
+            vec![0f32; m * n]
+        };
         let epilogue = Epilogue {
             bias: Some(&bias),
-            clamp: Some((-0.5, 1.5)),
+            residual: with_residual.then_some(Residual {
+                ptr: residual.as_ptr(),
+                rs: n,
+            }),
+            clamp,
         };
         let (av, bv) = (view(&a, m, k, false), view(&b, k, n, false));
         // SAFETY: operands built for these shapes; `dst` holds `m x n` values.
@@ -234,15 +264,22 @@ fn sgemm_applies_bias_and_clamp_once_to_every_element() {
                 n,
                 Lhs::View(av),
                 Rhs::View(bv),
-                false,
+                accumulate,
                 threads,
                 epilogue,
             )
         };
         for i in 0..m {
             for j in 0..n {
-                let r: f64 = (0..k).map(|p| at(&av, i, p) * at(&bv, p, j)).sum();
-                let want = (r + bias[i] as f64).clamp(-0.5, 1.5);
+                let mut r: f64 = (0..k).map(|p| at(&av, i, p) * at(&bv, p, j)).sum();
+                if accumulate {
+                    r += before[i * n + j] as f64;
+                }
+                if with_residual {
+                    r += residual[i * n + j] as f64;
+                }
+                let (lo, hi) = clamp.unwrap_or((f32::MIN, f32::MAX));
+                let want = (r + bias[i] as f64).clamp(lo as f64, hi as f64);
                 let got = dst[i * n + j] as f64;
                 assert!(
                     (got - want).abs() < 1e-4 * (1.0 + r.abs()),

@@ -20,6 +20,9 @@ pub struct OpCtx<'a> {
     /// An activation the op applies to its output (a `Conv` fused with its `Relu`/`Clip`
     /// reader by the executor); `None` for every other op.
     pub activation: FusedActivation,
+    /// A residual the op adds to its output before the activation (a `Conv` that absorbed
+    /// the `Add` reading it, in forward-only executors); `None` for every other op.
+    pub residual: Option<Value>,
     /// Training executor: BatchNormalization normalizes with the batch's statistics.
     pub train: bool,
     /// Quantization-aware training (see `ExecOptions::qat`).

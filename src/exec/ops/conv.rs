@@ -10,7 +10,10 @@ use candle_core::{DType, Tensor};
 use super::conv_taps::{depthwise_by_taps, TapGeometry};
 use super::OpCtx;
 use crate::exec::error::Result;
-use crate::exec::kernels::conv2d::{conv2d as kernel_conv2d, Conv2dParams, FusedActivation};
+use crate::exec::kernels::add_act::add_activate;
+use crate::exec::kernels::conv2d::{
+    conv2d as kernel_conv2d, conv2d_add, Conv2dParams, FusedActivation,
+};
 use crate::exec::kernels::depthwise::{depthwise_conv2d_fused, DepthwiseParams};
 use crate::exec::Value;
 use crate::graph::Node;
@@ -138,6 +141,29 @@ fn to_4d(ctx: &OpCtx, x: &Tensor, w: &Tensor) -> Result<(Tensor, Tensor, usize)>
 }
 
 pub fn conv(ctx: &OpCtx) -> Result<Vec<Value>> {
+    let residual = ctx.residual.as_ref().map(|r| &r.tensor);
+    let (mut out, added) = conv_inner(ctx, residual)?;
+    if let (Some(r), false) = (residual, added) {
+        // The kernels could not take the residual: added here, then the activation.
+        let y = &out[0].tensor;
+        let r = r.to_dtype(y.dtype())?;
+        let sum = match add_activate(y, &r, ctx.activation)? {
+            Some(sum) => sum,
+            None => activate(y.broadcast_add(&r)?, ctx.activation)?,
+        };
+        out[0] = Value::new(sum, out[0].dtype);
+    }
+    Ok(out)
+}
+
+/// The convolution, with `residual` added and then the fused activation applied when the
+/// kernel takes the residual (the `bool`); otherwise without either, when there is a
+/// residual, for the caller to add.
+fn conv_inner(ctx: &OpCtx, residual: Option<&Tensor>) -> Result<(Vec<Value>, bool)> {
+    let act = match residual {
+        Some(_) => FusedActivation::None,
+        None => ctx.activation,
+    };
     let xv = ctx.input(0)?;
     let (x, w, n) = to_4d(ctx, &ctx.float_tensor(0)?, &ctx.float_tensor(1)?)?;
     let (_, _, h, wd) = x.dims4()?;
@@ -158,8 +184,8 @@ pub fn conv(ctx: &OpCtx) -> Result<Vec<Value>> {
             pads: g.pads,
         };
         let bias = bias.map(|b| b.flatten_all()).transpose()?;
-        let y = depthwise_conv2d_fused(&x, &w, bias.as_ref(), ctx.activation, &p)?;
-        return finish(y, n, xv.dtype);
+        let y = depthwise_conv2d_fused(&x, &w, bias.as_ref(), act, &p)?;
+        return Ok((finish(y, n, xv.dtype)?, false));
     } else if is_cpu_float(&x, &w) {
         let p = Conv2dParams {
             stride: g.stride,
@@ -169,7 +195,19 @@ pub fn conv(ctx: &OpCtx) -> Result<Vec<Value>> {
             activation: ctx.activation,
         };
         let bias = bias.map(|b| b.flatten_all()).transpose()?;
-        return finish(kernel_conv2d(&x, &w, bias.as_ref(), &p)?, n, xv.dtype);
+        if let Some(r) = residual.filter(|_| n == 2) {
+            if let Some(y) = conv2d_add(&x, &w, bias.as_ref(), r, &p)? {
+                return Ok((finish(y, n, xv.dtype)?, true));
+            }
+        }
+        let p = Conv2dParams {
+            activation: act,
+            ..p
+        };
+        return Ok((
+            finish(kernel_conv2d(&x, &w, bias.as_ref(), &p)?, n, xv.dtype)?,
+            false,
+        ));
     } else if is_depthwise(&x, &w, groups)? && !x.device().is_cpu() {
         let taps = TapGeometry {
             pads: g.pads,
@@ -189,12 +227,17 @@ pub fn conv(ctx: &OpCtx) -> Result<Vec<Value>> {
         };
         add_bias(y, bias.as_ref())?
     };
-    y = match ctx.activation {
+    y = activate(y, act)?;
+    Ok((finish(y, n, xv.dtype)?, false))
+}
+
+/// `y` through a fused activation, with candle's ops.
+fn activate(y: Tensor, act: FusedActivation) -> Result<Tensor> {
+    Ok(match act {
         FusedActivation::None => y,
         FusedActivation::Relu => y.relu()?,
         FusedActivation::Clip(lo, hi) => y.clamp(lo, hi)?,
-    };
-    finish(y, n, xv.dtype)
+    })
 }
 
 /// Drops the unit height axis of a 1-D convolution.
