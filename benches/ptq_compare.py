@@ -466,6 +466,9 @@ def main() -> int:
                     help="16 calibration / 32 evaluation images for the 224x224 models, 2000 MNIST "
                          "test images, fewer settings")
     ap.add_argument("--tools", nargs="+", default=["ort", "nncf", "amct"])
+    ap.add_argument("--methods", nargs="+", choices=["minmax", "entropy", "percentile"],
+                    help="only these calibration methods, onnxruntime's and amct's plain settings "
+                         "(for the quantization-time comparison)")
     ap.add_argument("--img-eval", type=int, default=None,
                     help="evaluation images for the 224x224 models (default 128, --quick 32)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "ptq_compare")
@@ -506,6 +509,9 @@ def main() -> int:
     ]
     if q:
         amct_settings = [{"act": "minmax"}, {"act": "hfmg"}, {"act": "hfmg", "bc": True}]
+    if args.methods:
+        ort_methods = [m for m in ort_methods if m.lower() in args.methods]
+        amct_settings = [s for s in amct_settings if s == {"act": s["act"]} and s["act"] in args.methods]
 
     work = args.work.resolve()
     if work.exists():

@@ -4,9 +4,10 @@
 //! (`ImageCols`), so the unfolded matrix is never written to memory.
 
 use super::conv2d::Geom;
-use super::conv2d_gemm::{valid_range, MatRef};
-use super::sgemm::{sgemm, Epilogue, Lhs, PackedLhs, Residual};
+use super::conv2d_gemm::{im2col, valid_range, MatRef};
+use super::sgemm::{sgemm, with_buffer, Epilogue, Lhs, PackedLhs, Residual};
 use super::sgemm_pack::{Rhs, RowSource};
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 /// One group of one image `x[C_g, H, W]` seen as its im2col matrix `[C_g * KH * KW, OH * OW]`
@@ -32,9 +33,12 @@ impl RowSource for ImageCols<'_> {
         let plane = &self.x[c * h * w..(c + 1) * h * w];
         let (ylo, yhi) = valid_range(h, g.out.0, g.s.0, ki * g.d.0, g.pads[0]);
         let (xlo, xhi) = valid_range(w, ow, g.s.1, kj * g.d.1, g.pads[1]);
-        let mut done = 0;
+        // One output row per step: the first may start mid-row, the others at column 0.
+        let (mut oy, mut ox0, mut done) = (j0 / ow, j0 % ow, 0);
         while done < out.len() {
-            let (oy, ox0) = ((j0 + done) / ow, (j0 + done) % ow);
+            if done > 0 {
+                (oy, ox0) = (oy + 1, 0);
+            }
             let ox1 = ow.min(ox0 + out.len() - done);
             let seg = &mut out[done..done + (ox1 - ox0)];
             done += ox1 - ox0;
@@ -204,6 +208,17 @@ pub(super) fn forward_image(
     }
 }
 
+thread_local! {
+    /// One image's unfolded columns for `grad_w_image` on small images.
+    static UNFOLDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Below this many output pixels the weight gradient unfolds each image (a matrix small
+/// enough to stay in cache) instead of generating its im2col columns while packing: there
+/// each generated column is a few short row segments written with a stride, and that costs
+/// more than the unfolding.
+const UNFOLD_BELOW_PIXELS: usize = 256;
+
 /// Adds one image's weight gradient `gyn * col^T` into `dw[C_out, K]`.
 pub(super) fn grad_w_image(g: &Geom, (xn, gyn): (&[f32], &[f32]), dw: &mut [f32], threads: bool) {
     let (p, kk, m, x_len) = (
@@ -213,26 +228,34 @@ pub(super) fn grad_w_image(g: &Geom, (xn, gyn): (&[f32], &[f32]), dw: &mut [f32]
         g.cin_g * g.in_plane(),
     );
     assert!(dw.len() >= g.groups * m * kk && gyn.len() >= g.groups * m * p);
-    for grp in 0..g.groups {
-        let x = &xn[grp * x_len..(grp + 1) * x_len];
-        let cols = ImageCols { g, x };
-        let gy = MatRef::rows(&gyn[grp * m * p..(grp + 1) * m * p], m, p);
-        let dwg = dw[grp * m * kk..].as_mut_ptr();
-        let b = image_operand(g, x, &cols, true);
-        // SAFETY: `dwg` is this group's initialized `m x kk` block of `dw` (asserted), row
-        // stride `kk`, a unique borrow; `gy` is `m x p` and `b` is `p x kk`.
-        unsafe {
-            sgemm(
-                dwg,
-                kk,
-                Lhs::View(gy),
-                b,
-                true,
-                threads,
-                Epilogue::default(),
-            )
-        };
-    }
+    let unfold = !g.is_pointwise() && p < UNFOLD_BELOW_PIXELS;
+    with_buffer(&UNFOLDED, if unfold { g.col_len() } else { 0 }, |col| {
+        for grp in 0..g.groups {
+            let x = &xn[grp * x_len..(grp + 1) * x_len];
+            let cols = ImageCols { g, x };
+            let gy = MatRef::rows(&gyn[grp * m * p..(grp + 1) * m * p], m, p);
+            let dwg = dw[grp * m * kk..].as_mut_ptr();
+            let b = if unfold {
+                im2col(g, x, col);
+                Rhs::View(MatRef::transposed(col, p, kk))
+            } else {
+                image_operand(g, x, &cols, true)
+            };
+            // SAFETY: `dwg` is this group's initialized `m x kk` block of `dw` (asserted),
+            // row stride `kk`, a unique borrow; `gy` is `m x p` and `b` is `p x kk`.
+            unsafe {
+                sgemm(
+                    dwg,
+                    kk,
+                    Lhs::View(gy),
+                    b,
+                    true,
+                    threads,
+                    Epilogue::default(),
+                )
+            };
+        }
+    })
 }
 
 #[cfg(test)]
@@ -240,7 +263,6 @@ mod tests {
     use super::*;
     use crate::exec::kernels::conv2d::Conv2dParams;
     use crate::exec::kernels::conv2d::FusedActivation;
-    use crate::exec::kernels::conv2d_gemm::im2col;
     use crate::exec::kernels::test_util::Lcg;
 
     #[test]

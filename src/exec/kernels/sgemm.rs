@@ -338,7 +338,7 @@ unsafe fn serial(dst: Dst, a: Lhs, b: Rhs, (accumulate, epilogue): (bool, Epilog
 
 /// Runs `f` with this thread's packing buffer of at least `len` values (a fresh one if the
 /// thread's is in use).
-fn with_buffer<R>(
+pub(super) fn with_buffer<R>(
     cell: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
     len: usize,
     f: impl FnOnce(&mut [f32]) -> R,
@@ -378,8 +378,9 @@ unsafe fn block(
             let bp = &pb[jp * kc * NR..(jp + 1) * kc * NR];
             let epilogue = epilogue.map(|e| e.at(i, j));
             let c = dst.at(i, j);
-            if mr == MR && (nr == NR || nr == 8) {
-                let store = tile_store(acc, epilogue.as_ref());
+            if nr == NR || nr == 8 {
+                let mut bias_rows = [0.0; MR];
+                let store = tile_store((acc, mr), epilogue.as_ref(), &mut bias_rows);
                 if nr == NR {
                     tile_6x16(kc, ap, bp, c.ptr, c.rs, store);
                 } else {
@@ -392,22 +393,36 @@ unsafe fn block(
     }
 }
 
-/// How a full tile is stored, `epilogue` at its corner.
-fn tile_store<'a>(acc: bool, epilogue: Option<&Epilogue<'a>>) -> TileStore<'a> {
+/// How a tile of `mr` rows with all its columns is stored, `epilogue` at its corner (the
+/// bias of a tile of fewer than `MR` rows copied into `bias_rows`).
+fn tile_store<'a>(
+    (acc, mr): (bool, usize),
+    epilogue: Option<&Epilogue<'a>>,
+    bias_rows: &'a mut [f32; MR],
+) -> TileStore<'a> {
     let Some(e) = epilogue else {
-        return TileStore::plain(acc);
+        return TileStore {
+            rows: mr,
+            ..TileStore::plain(acc)
+        };
     };
     TileStore {
+        rows: mr,
         accumulate: acc,
-        bias: e.bias.map(|b| b[..MR].try_into().expect("MR bias values")),
+        bias: e.bias.map(|b| match b.get(..MR) {
+            Some(full) if mr == MR => full.try_into().expect("MR bias values"),
+            _ => {
+                bias_rows[..mr].copy_from_slice(&b[..mr]);
+                &*bias_rows
+            }
+        }),
         residual: e.residual.map(|r| (r.ptr, r.rs)),
         clamp: e.clamp,
     }
 }
 
-/// A tile with fewer than `MR` rows or an odd number of columns: computed in a local
-/// `MR x NR` tile (loaded from `c` first when accumulating), then its `mr x nr` corner
-/// copied out and finished there.
+/// A tile with an odd number of columns: computed in a local `MR x NR` tile (loaded from
+/// `c` first when accumulating), then its `mr x nr` corner copied out and finished there.
 unsafe fn ragged_tile(
     c: Dst,
     (mr, nr): (usize, usize),

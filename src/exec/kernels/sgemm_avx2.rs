@@ -14,6 +14,9 @@ pub(super) const NR: usize = 16;
 /// row and clamped, all while the tile is still in registers.
 #[derive(Clone, Copy)]
 pub(super) struct TileStore<'a> {
+    /// The rows of the tile that exist in `c` (the others, of zero rows of `A`'s last
+    /// panel, are computed but neither read nor written).
+    pub rows: usize,
     pub accumulate: bool,
     /// The bias of the tile's rows.
     pub bias: Option<&'a [f32; MR]>,
@@ -27,6 +30,7 @@ impl TileStore<'_> {
     /// A plain store: written over (or added to) `c`, no epilogue.
     pub(super) fn plain(accumulate: bool) -> Self {
         TileStore {
+            rows: MR,
             accumulate,
             bias: None,
             residual: None,
@@ -53,7 +57,8 @@ pub(super) fn available() -> bool {
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; `a` must hold `k * MR` values and `b` `k * NR`; `c`
-/// must be valid for `MR` rows of `NR` values at stride `ldc`.
+/// (and the residual) must be valid for `store.rows <= MR` rows of `NR` values at stride
+/// `ldc`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn tile_6x16(
@@ -67,12 +72,12 @@ pub(super) unsafe fn tile_6x16(
     debug_assert!(a.len() >= k * MR && b.len() >= k * NR);
     // The tile of `c` is read or written only after the loop: start fetching it now so that
     // the cache misses overlap the arithmetic.
-    for i in 0..MR {
+    for i in 0..store.rows {
         _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc).cast::<i8>());
         _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1).cast::<i8>());
     }
     if let Some((r, rs)) = store.residual {
-        for i in 0..MR {
+        for i in 0..store.rows {
             _mm_prefetch::<_MM_HINT_T0>(r.add(i * rs).cast::<i8>());
             _mm_prefetch::<_MM_HINT_T0>(r.add(i * rs + NR - 1).cast::<i8>());
         }
@@ -123,7 +128,7 @@ pub(super) unsafe fn tile_6x16(
         (c50, c51),
     ];
     let finish = Finish::new(&store);
-    for (i, (lo, hi)) in rows.into_iter().enumerate() {
+    for (i, (lo, hi)) in rows.into_iter().enumerate().take(store.rows) {
         let row = c.add(i * ldc);
         _mm256_storeu_ps(row, finish.apply256(lo, (row, i, 0)));
         _mm256_storeu_ps(row.add(8), finish.apply256(hi, (row.add(8), i, 8)));
@@ -223,7 +228,7 @@ macro_rules! narrow_tile {
                 pb = pb.add(NR);
             }
             let finish = Finish::new(&store);
-            for (i, row) in acc.into_iter().enumerate() {
+            for (i, row) in acc.into_iter().enumerate().take(store.rows) {
                 let out = c.add(i * ldc);
                 $store(out, finish.$apply(row, (out, i, 0)));
             }
