@@ -33,34 +33,37 @@ impl RowSource for ImageCols<'_> {
         let plane = &self.x[c * h * w..(c + 1) * h * w];
         let (ylo, yhi) = valid_range(h, g.out.0, g.s.0, ki * g.d.0, g.pads[0]);
         let (xlo, xhi) = valid_range(w, ow, g.s.1, kj * g.d.1, g.pads[1]);
-        // One output row per step: the first may start mid-row, the others at column 0.
+        // Input row of output row `oy` (valid in `ylo..yhi`), and the input column of
+        // output column `ox` (valid in `xlo..xhi`).
+        let in_row = |oy: usize| &plane[(oy * g.s.0 + ki * g.d.0 - g.pads[0]) * w..][..w];
+        let in_col = |ox: usize| ox * g.s.1 + kj * g.d.1 - g.pads[1];
+        let gather = |dst: &mut [f32], src: &[f32], ix0: usize| {
+            if g.s.1 == 1 {
+                // A loop, not `copy_from_slice`: rows are short, and a call per row costs more.
+                dst.iter_mut().zip(&src[ix0..]).for_each(|(o, s)| *o = *s);
+            } else {
+                let from = src[ix0..].iter().step_by(g.s.1);
+                dst.iter_mut().zip(from).for_each(|(o, s)| *o = *s);
+            }
+        };
+        // One output row per step: the first may start mid-row and the last end early.
         let (mut oy, mut ox0, mut done) = (j0 / ow, j0 % ow, 0);
         while done < out.len() {
-            if done > 0 {
-                (oy, ox0) = (oy + 1, 0);
-            }
-            let ox1 = ow.min(ox0 + out.len() - done);
-            let seg = &mut out[done..done + (ox1 - ox0)];
-            done += ox1 - ox0;
-            let (lo, hi) = (
-                xlo.clamp(ox0, ox1),
-                xhi.clamp(ox0, ox1).max(xlo.clamp(ox0, ox1)),
-            );
-            if oy < ylo || oy >= yhi || lo == hi {
+            let len = (ow - ox0).min(out.len() - done);
+            let seg = &mut out[done..done + len];
+            let (row, col) = (oy, ox0);
+            done += len;
+            (oy, ox0) = (oy + 1, 0);
+            if row < ylo || row >= yhi || xlo >= xhi {
                 seg.fill(0.0);
                 continue;
             }
-            let iy = oy * g.s.0 + ki * g.d.0 - g.pads[0];
-            let src = &plane[iy * w..(iy + 1) * w];
-            seg[..lo - ox0].fill(0.0);
-            seg[hi - ox0..].fill(0.0);
-            let ix0 = lo * g.s.1 + kj * g.d.1 - g.pads[1];
-            let valid = &mut seg[lo - ox0..hi - ox0];
-            if g.s.1 == 1 {
-                valid.copy_from_slice(&src[ix0..ix0 + valid.len()]);
-            } else {
-                let from = src[ix0..].iter().step_by(g.s.1);
-                valid.iter_mut().zip(from).for_each(|(o, s)| *o = *s);
+            // Zeros, the valid columns, zeros (`lo <= hi` as `xlo < xhi`).
+            let (lo, hi) = (xlo.clamp(col, col + len), xhi.clamp(col, col + len));
+            seg[..lo - col].fill(0.0);
+            seg[hi - col..].fill(0.0);
+            if lo < hi {
+                gather(&mut seg[lo - col..hi - col], in_row(row), in_col(lo));
             }
         }
     }

@@ -158,10 +158,19 @@ fn pack_b_rows(
     out: &mut [f32],
 ) {
     let mut row = [0f32; NC_MAX];
+    let full = nc / NR;
     for p in 0..kc {
         src.fill_row(p0 + p, j0, &mut row[..nc]);
-        for (jp, part) in row[..nc].chunks(NR).enumerate() {
-            let dst = &mut out[(jp * kc + p) * NR..][..NR];
+        // Whole panels as fixed-size copies (two vector moves, not a `memmove` call each).
+        for (jp, part) in row[..full * NR].chunks_exact(NR).enumerate() {
+            let part: &[f32; NR] = part.try_into().expect("NR values");
+            let dst: &mut [f32; NR] = (&mut out[(jp * kc + p) * NR..][..NR])
+                .try_into()
+                .expect("NR values");
+            *dst = *part;
+        }
+        if full * NR < nc {
+            let (part, dst) = (&row[full * NR..nc], &mut out[(full * kc + p) * NR..][..NR]);
             dst[..part.len()].copy_from_slice(part);
             dst[part.len()..].fill(0.0);
         }
