@@ -1,7 +1,9 @@
 //! BatchNormalization with batch statistics (training) as a CPU candle custom op, forward and
 //! backward, for `x: [N, C, ...]` (f32/f64): two passes over memory forward (statistics, then
-//! `y = a_c * x + b_c`) and two backward, where candle's generic reductions over non-trailing
-//! axes made a training step's BatchNorm cost more than its convolutions.
+//! `y = a_c * x + b_c`) and two backward (the parameter gradients' sums, then `dx`), where
+//! candle's generic reductions over non-trailing axes made a training step's BatchNorm cost
+//! more than its convolutions. The forward's statistics are kept with the op (`BatchStats`)
+//! for the returned mean and variance and for the backward, which does not compute them again.
 //!
 //! Statistics are accumulated in f64 per channel (parallel over channels); the element-wise
 //! passes run in parallel over `[n, c]` planes. Backward, with `xh = (x - mean) * inv_std` and
@@ -13,8 +15,20 @@ use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
 };
 use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
 
 use super::contiguous_slice;
+
+/// The statistics of one forward's batch, per channel, kept for its outputs and backward.
+struct BatchStats {
+    mean: Vec<f64>,
+    /// Biased.
+    var: Vec<f64>,
+    inv_std: Vec<f64>,
+}
+
+/// Where a `BnTrain` op leaves its forward's statistics.
+type StatsCell = Arc<Mutex<Option<Arc<BatchStats>>>>;
 
 /// `(y, batch mean, batch variance)` of BatchNormalization in training mode; `y` is
 /// differentiable in `x`, `gamma` and `beta`, the statistics are detached (biased variance).
@@ -45,9 +59,24 @@ pub fn batch_norm_train(
         gamma.flatten_all()?.contiguous()?,
         beta.flatten_all()?.contiguous()?,
     );
-    let y = x.apply_op3(&gamma, &beta, BnTrain { eps })?;
-    let stats = x.detach().apply_op1_no_bwd(&BnStats)?;
-    Ok((y, stats.get(0)?, stats.get(1)?))
+    let cell = StatsCell::default();
+    let y = x.apply_op3(
+        &gamma,
+        &beta,
+        BnTrain {
+            eps,
+            stats: cell.clone(),
+        },
+    )?;
+    let stats = cell
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("batch_norm_train: statistics lock".into()))?
+        .clone();
+    let Some(stats) = stats else {
+        bail!("batch_norm_train: the forward left no statistics")
+    };
+    let channel = |v: &[f64]| Tensor::new(v, x.device())?.to_dtype(x.dtype());
+    Ok((y, channel(&stats.mean)?, channel(&stats.var)?))
 }
 
 /// `x: [N, C, rest..]` seen as `N * C` planes of `inner` values.
@@ -132,12 +161,6 @@ fn moments<T: WithDType>(p: Planes, x: &[T]) -> (Vec<f64>, Vec<f64>) {
     (mean, var)
 }
 
-/// Mean and inverse standard deviation of each channel.
-fn stats<T: WithDType>(p: Planes, x: &[T], eps: f64) -> (Vec<f64>, Vec<f64>) {
-    let (mean, var) = moments(p, x);
-    (mean, var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect())
-}
-
 /// `out[plane i] = a[c] * x + b[c]` for every plane, in parallel.
 fn affine<T: WithDType>(p: Planes, x: &[T], a: &[f64], b: &[f64]) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
@@ -153,34 +176,48 @@ fn affine<T: WithDType>(p: Planes, x: &[T], a: &[f64], b: &[f64]) -> Vec<T> {
     out
 }
 
-fn fwd<T: WithDType>(x: &[T], gamma: &[T], beta: &[T], p: Planes, eps: f64) -> Vec<T> {
-    let (mean, inv_std) = stats(p, x, eps);
+fn fwd<T: WithDType>(
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    p: Planes,
+    eps: f64,
+) -> (Vec<T>, BatchStats) {
+    let (mean, var) = moments(p, x);
+    let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     let a: Vec<f64> = (0..p.c).map(|c| gamma[c].to_f64() * inv_std[c]).collect();
     let b: Vec<f64> = (0..p.c)
         .map(|c| beta[c].to_f64() - mean[c] * a[c])
         .collect();
-    affine(p, x, &a, &b)
+    let y = affine(p, x, &a, &b);
+    (y, BatchStats { mean, var, inv_std })
 }
 
-/// `(dgamma, dbeta)` as sums over each channel, with the statistics of `x`.
-fn param_grads<T: WithDType>(
-    x: &[T],
-    gy: &[T],
-    p: Planes,
-    eps: f64,
-) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
-    let (mean, inv_std) = stats(p, x, eps);
+/// `(dgamma, dbeta)` as sums over each channel, with the forward's statistics of `x`.
+fn param_grads<T: WithDType>(x: &[T], gy: &[T], p: Planes, st: &BatchStats) -> ParamGrads {
     let range = |i: usize| i * p.inner..(i + 1) * p.inner;
     let (dbeta, dgamma) = per_channel2(p, |i| {
-        let mu = mean[i % p.c];
+        let mu = st.mean[i % p.c];
         lane_sums(&gy[range(i)], &x[range(i)], |g, x| (g, (x - mu) * g))
     });
-    let dgamma = dgamma.iter().zip(&inv_std).map(|(d, is)| d * is).collect();
-    (dgamma, dbeta, mean, inv_std)
+    let dgamma = dgamma
+        .iter()
+        .zip(&st.inv_std)
+        .map(|(d, is)| d * is)
+        .collect();
+    (dgamma, dbeta)
 }
 
-fn dx<T: WithDType>(x: &[T], gamma: &[T], gy: &[T], p: Planes, eps: f64) -> Vec<T> {
-    let (dgamma, dbeta, mean, inv_std) = param_grads(x, gy, p, eps);
+/// `(dgamma, dbeta)` per channel, in f64.
+type ParamGrads = (Vec<f64>, Vec<f64>);
+
+fn dx<T: WithDType>(
+    (x, gamma, gy): (&[T], &[T], &[T]),
+    p: Planes,
+    st: &BatchStats,
+    (dgamma, dbeta): &ParamGrads,
+) -> Vec<T> {
+    let (mean, inv_std) = (&st.mean, &st.inv_std);
     let m = p.m().max(1) as f64;
     // dx = k * (gy - dbeta / M - xh * dgamma / M), k = gamma * inv_std, xh = (x - mean) * inv_std
     let mut out = vec![T::zero(); x.len()];
@@ -200,9 +237,21 @@ fn dx<T: WithDType>(x: &[T], gamma: &[T], gy: &[T], p: Planes, eps: f64) -> Vec<
     out
 }
 
-/// `(x, gamma, beta) -> y`.
+/// `(x, gamma, beta) -> y`; the forward leaves its statistics in `stats`.
 struct BnTrain {
     eps: f64,
+    stats: StatsCell,
+}
+
+impl BnTrain {
+    fn stats(&self) -> Result<Arc<BatchStats>> {
+        let kept = self
+            .stats
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("batch_norm_train: statistics lock".into()))?
+            .clone();
+        kept.ok_or_else(|| candle_core::Error::Msg("batch_norm_train: no forward ran".into()))
+    }
 }
 
 impl CustomOp3 for BnTrain {
@@ -220,13 +269,23 @@ impl CustomOp3 for BnTrain {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let p = Planes::of(l1.dims())?;
-        let out = dispatch_float_storage!("batch_norm_train", s1, |T| fwd::<T>(
-            contiguous_slice(s1, l1, "batch_norm_train operand")?,
-            contiguous_slice(s2, l2, "batch_norm_train operand")?,
-            contiguous_slice(s3, l3, "batch_norm_train operand")?,
-            p,
-            self.eps
-        ));
+        let kept;
+        let out = dispatch_float_storage!("batch_norm_train", s1, |T| {
+            let (y, st) = fwd::<T>(
+                contiguous_slice(s1, l1, "batch_norm_train operand")?,
+                contiguous_slice(s2, l2, "batch_norm_train operand")?,
+                contiguous_slice(s3, l3, "batch_norm_train operand")?,
+                p,
+                self.eps,
+            );
+            kept = Some(Arc::new(st));
+            y
+        });
+        *self
+            .stats
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("batch_norm_train: statistics lock".into()))? =
+            kept;
         Ok((out, l1.shape().clone()))
     }
 
@@ -239,15 +298,29 @@ impl CustomOp3 for BnTrain {
         gy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let gy = gy.contiguous()?;
-        let dx = x.apply_op3_no_bwd(gamma, &gy, &BnGradX { eps: self.eps })?;
-        let params = x.apply_op2_no_bwd(&gy, &BnGradParams { eps: self.eps })?;
+        let grads = Arc::new(Mutex::new(None));
+        let stats = self.stats()?;
+        let params = x.apply_op2_no_bwd(
+            &gy,
+            &BnGradParams {
+                stats: stats.clone(),
+                sums: grads.clone(),
+            },
+        )?;
+        let sums = grads
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("batch_norm_train: gradient lock".into()))?
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("batch_norm_train: no sums".into()))?;
+        let dx = x.apply_op3_no_bwd(gamma, &gy, &BnGradX { stats, sums })?;
         Ok((Some(dx), Some(params.get(0)?), Some(params.get(1)?)))
     }
 }
 
-/// `(x, gamma, gy) -> dx`.
+/// `(x, gamma, gy) -> dx` from the forward's statistics and the parameter gradients.
 struct BnGradX {
-    eps: f64,
+    stats: Arc<BatchStats>,
+    sums: Arc<ParamGrads>,
 }
 
 impl CustomOp3 for BnGradX {
@@ -266,19 +339,23 @@ impl CustomOp3 for BnGradX {
     ) -> Result<(CpuStorage, Shape)> {
         let p = Planes::of(l1.dims())?;
         let out = dispatch_float_storage!("batch_norm_train", s1, |T| dx::<T>(
-            contiguous_slice(s1, l1, "batch_norm_train operand")?,
-            contiguous_slice(s2, l2, "batch_norm_train operand")?,
-            contiguous_slice(s3, l3, "batch_norm_train operand")?,
+            (
+                contiguous_slice(s1, l1, "batch_norm_train operand")?,
+                contiguous_slice(s2, l2, "batch_norm_train operand")?,
+                contiguous_slice(s3, l3, "batch_norm_train operand")?,
+            ),
             p,
-            self.eps
+            &self.stats,
+            &self.sums,
         ));
         Ok((out, l1.shape().clone()))
     }
 }
 
-/// `(x, gy) -> [[dgamma..], [dbeta..]]`.
+/// `(x, gy) -> [[dgamma..], [dbeta..]]`, also left in f64 in `sums` for `BnGradX`.
 struct BnGradParams {
-    eps: f64,
+    stats: Arc<BatchStats>,
+    sums: Arc<Mutex<Option<Arc<ParamGrads>>>>,
 }
 
 impl CustomOp2 for BnGradParams {
@@ -294,33 +371,22 @@ impl CustomOp2 for BnGradParams {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let p = Planes::of(l1.dims())?;
+        let sums;
         let out = dispatch_float_storage!("batch_norm_train", s1, |T| {
-            let (dg, db, _, _) = param_grads::<T>(
+            let (dg, db) = param_grads::<T>(
                 contiguous_slice(s1, l1, "batch_norm_train operand")?,
                 contiguous_slice(s2, l2, "batch_norm_train operand")?,
                 p,
-                self.eps,
+                &self.stats,
             );
-            dg.into_iter().chain(db).map(T::from_f64).collect()
+            let out = dg.iter().chain(&db).map(|&v| T::from_f64(v)).collect();
+            sums = Some(Arc::new((dg, db)));
+            out
         });
-        Ok((out, Shape::from((2, p.c))))
-    }
-}
-
-/// `x -> [[mean..], [variance..]]` (biased), not differentiated.
-struct BnStats;
-
-impl candle_core::CustomOp1 for BnStats {
-    fn name(&self) -> &'static str {
-        "amct-batch-norm-stats"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let p = Planes::of(l.dims())?;
-        let out = dispatch_float_storage!("batch_norm_train", s, |T| {
-            let (mean, var) = moments::<T>(p, contiguous_slice(s, l, "batch_norm_train operand")?);
-            mean.into_iter().chain(var).map(T::from_f64).collect()
-        });
+        *self
+            .sums
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("batch_norm_train: gradient lock".into()))? = sums;
         Ok((out, Shape::from((2, p.c))))
     }
 }
