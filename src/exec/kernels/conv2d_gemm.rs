@@ -473,7 +473,8 @@ pub(super) fn forward_small_images<T: WithDType>(
     true
 }
 
-/// Input gradient of one image: `dxn[C_in, H, W]` from `gyn[C_out, P]`.
+/// Input gradient of one image: `dxn[C_in, H, W]` (zeros on entry, as `conv2d`'s `grad_x`
+/// allocates it) from `gyn[C_out, P]`.
 pub(super) fn grad_x_image<T: WithDType>(
     g: &Geom,
     (gyn, w): (&[T], Weights<T>),
@@ -503,7 +504,6 @@ pub(super) fn grad_x_image<T: WithDType>(
             }
             let dcol = &mut scratch[..g.col_len()];
             matmul(dcol, wt, gy, false, par);
-            dxg.fill(T::zero());
             col2im_add(g, dcol, dxg);
         }
     }
