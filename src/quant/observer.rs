@@ -93,17 +93,35 @@ impl Observer {
     }
 }
 
-/// Smallest and largest value, on every thread.
+/// Smallest and largest value, on every thread (NaNs are skipped).
 fn extremes(values: &[f32]) -> (f32, f32) {
     let none = || (f32::INFINITY, f32::NEG_INFINITY);
     values
         .par_chunks(1 << 16)
-        .fold(none, |(lo, hi), chunk| {
-            chunk
-                .iter()
-                .fold((lo, hi), |(lo, hi), &v| (lo.min(v), hi.max(v)))
-        })
+        .fold(none, |acc, chunk| chunk_extremes(chunk, acc))
         .reduce(none, |a, b| (a.0.min(b.0), a.1.max(b.1)))
+}
+
+/// `extremes` of one chunk, starting from `(lo, hi)`: sixteen independent lanes of
+/// comparisons (which the compiler turns into vector min/max; `f32::min` over one running
+/// value would be a chain of scalar calls).
+fn chunk_extremes(chunk: &[f32], (lo, hi): (f32, f32)) -> (f32, f32) {
+    const LANES: usize = 16;
+    let (mut los, mut his) = ([lo; LANES], [hi; LANES]);
+    let mut blocks = chunk.chunks_exact(LANES);
+    for block in &mut blocks {
+        for i in 0..LANES {
+            let v = block[i];
+            los[i] = if v < los[i] { v } else { los[i] };
+            his[i] = if v > his[i] { v } else { his[i] };
+        }
+    }
+    let (lo, hi) = blocks.remainder().iter().fold((lo, hi), |(lo, hi), &v| {
+        (if v < lo { v } else { lo }, if v > hi { v } else { hi })
+    });
+    let lo = los.iter().fold(lo, |a, &b| a.min(b));
+    let hi = his.iter().fold(hi, |a, &b| a.max(b));
+    (lo, hi)
 }
 
 #[cfg(test)]
@@ -121,5 +139,17 @@ mod tests {
         assert!((m[0] - 2.0).abs() < 1e-12 && (m[1] + 2.0).abs() < 1e-12);
         assert_eq!(o.signed.total(), 8.0);
         assert_eq!(o.magnitude.total(), 8.0);
+    }
+
+    #[test]
+    fn extremes_skip_nans_and_see_every_lane_and_the_remainder() {
+        let mut v: Vec<f32> = (0..1000).map(|i| ((i * 37) % 101) as f32 - 50.0).collect();
+        v[17] = f32::NAN;
+        v[998] = -75.0; // in the remainder of 16-value blocks
+        v[333] = 80.0;
+        assert_eq!(extremes(&v), (-75.0, 80.0));
+        assert_eq!(extremes(&[f32::NAN, 2.0]), (2.0, 2.0));
+        let big: Vec<f32> = (0..200_000).map(|i| (i % 1000) as f32).collect();
+        assert_eq!(extremes(&big), (0.0, 999.0));
     }
 }
