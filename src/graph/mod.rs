@@ -18,7 +18,7 @@ pub use dtype::DType;
 pub use error::GraphError;
 pub use model::{Graph, Model, OpsetId};
 pub use node::Node;
-pub use tensor::{Tensor, TensorData};
+pub use tensor::{LeBytes, Tensor, TensorData};
 pub use topo::{sort_topologically, topological_order};
 pub use value::{shape_string, Dim, ValueInfo};
 pub use verify::{verify, verify_model};

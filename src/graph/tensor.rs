@@ -77,8 +77,12 @@ impl Tensor {
         dims: Vec<i64>,
         values: &[f32],
     ) -> Result<Self, GraphError> {
-        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Tensor::from_raw(name, DType::F32, dims, bytes)
+        Tensor::from_raw(
+            name,
+            DType::F32,
+            dims,
+            le_bytes(values.iter().map(|v| v.to_le_bytes())),
+        )
     }
 
     /// An int64 tensor from values.
@@ -87,8 +91,12 @@ impl Tensor {
         dims: Vec<i64>,
         values: &[i64],
     ) -> Result<Self, GraphError> {
-        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Tensor::from_raw(name, DType::I64, dims, bytes)
+        Tensor::from_raw(
+            name,
+            DType::I64,
+            dims,
+            le_bytes(values.iter().map(|v| v.to_le_bytes())),
+        )
     }
 
     /// Number of elements.
@@ -178,4 +186,24 @@ fn chunks<const N: usize>(raw: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
         a.copy_from_slice(c);
         a
     })
+}
+
+/// The concatenated little-endian encodings of `items`, in one allocation of the exact size
+/// (`flat_map(..).collect()` has no size hint and grows a large tensor's buffer by doubling,
+/// each time on fresh pages).
+pub fn le_bytes<const N: usize>(items: impl ExactSizeIterator<Item = [u8; N]>) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(items.len() * N);
+    items.for_each(|b| bytes.extend_from_slice(&b));
+    bytes
+}
+
+/// `le_bytes` as a method of the iterator.
+pub trait LeBytes {
+    fn le_bytes(self) -> Vec<u8>;
+}
+
+impl<const N: usize, I: ExactSizeIterator<Item = [u8; N]>> LeBytes for I {
+    fn le_bytes(self) -> Vec<u8> {
+        le_bytes(self)
+    }
 }

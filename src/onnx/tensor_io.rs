@@ -149,7 +149,7 @@ fn read_external(t: &TensorProto, base_dir: Option<&Path>) -> Result<Vec<u8>, St
 }
 
 fn typed_fields_to_raw(t: &TensorProto, dtype: DType, numel: usize) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(dtype.byte_len(numel).unwrap_or(0));
     match dtype {
         DType::F32 | DType::COMPLEX64 => t
             .float_data

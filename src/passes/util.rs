@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use candle_core::DType as CDType;
 
 use crate::exec::Value;
+use crate::graph::LeBytes;
 use crate::graph::{DType, Dim, Graph, Model, Node, Tensor};
 use crate::onnx::proto::GraphProto;
 
@@ -167,19 +168,16 @@ pub fn tidy(model: &mut Model) -> usize {
 /// `None` for non-float types.
 pub fn float_tensor(name: &str, dtype: DType, dims: Vec<i64>, values: &[f64]) -> Option<Tensor> {
     let bytes: Vec<u8> = match dtype {
-        DType::F32 => values
-            .iter()
-            .flat_map(|&v| (v as f32).to_le_bytes())
-            .collect(),
-        DType::F64 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F32 => values.iter().map(|&v| (v as f32).to_le_bytes()).le_bytes(),
+        DType::F64 => values.iter().map(|v| v.to_le_bytes()).le_bytes(),
         DType::F16 => values
             .iter()
-            .flat_map(|&v| half::f16::from_f64(v).to_le_bytes())
-            .collect(),
+            .map(|&v| half::f16::from_f64(v).to_le_bytes())
+            .le_bytes(),
         DType::BF16 => values
             .iter()
-            .flat_map(|&v| half::bf16::from_f64(v).to_le_bytes())
-            .collect(),
+            .map(|&v| half::bf16::from_f64(v).to_le_bytes())
+            .le_bytes(),
         _ => return None,
     };
     Tensor::from_raw(name, dtype, dims, bytes).ok()
@@ -188,15 +186,9 @@ pub fn float_tensor(name: &str, dtype: DType, dims: Vec<i64>, values: &[f64]) ->
 /// A tensor of integer or boolean type `dtype` holding `values`.
 pub fn int_tensor(name: &str, dtype: DType, dims: Vec<i64>, values: &[i64]) -> Option<Tensor> {
     let bytes: Vec<u8> = match dtype {
-        DType::I64 | DType::U64 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::I32 | DType::U32 => values
-            .iter()
-            .flat_map(|&v| (v as i32).to_le_bytes())
-            .collect(),
-        DType::I16 | DType::U16 => values
-            .iter()
-            .flat_map(|&v| (v as i16).to_le_bytes())
-            .collect(),
+        DType::I64 | DType::U64 => values.iter().map(|v| v.to_le_bytes()).le_bytes(),
+        DType::I32 | DType::U32 => values.iter().map(|&v| (v as i32).to_le_bytes()).le_bytes(),
+        DType::I16 | DType::U16 => values.iter().map(|&v| (v as i16).to_le_bytes()).le_bytes(),
         DType::I8 | DType::U8 => values.iter().map(|&v| v as u8).collect(),
         DType::BOOL => values.iter().map(|&v| u8::from(v != 0)).collect(),
         _ => return None,

@@ -11,6 +11,7 @@
 use serde_json::{json, Value as Json};
 
 use super::qdq::QdqForm;
+use crate::graph::LeBytes;
 use crate::graph::{DType, GraphError, Model, Node, Tensor};
 
 /// An int32 bias behind DequantizeLinear in the fake-quant model, turned
@@ -269,7 +270,7 @@ pub fn export(trained: &Model, biases: &[BiasSlot], form: QdqForm) -> Result<Mod
             .collect();
         let int_name = &slot.dq.inputs[0];
         let n = values.len() as i64;
-        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes = values.iter().map(|v| v.to_le_bytes()).le_bytes();
         let old_dims = m
             .graph
             .initializers

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use super::plan::QuantPlan;
 use super::qparams::{IntGrid, QParams};
 use super::weights::QuantWeight;
+use crate::graph::LeBytes;
 use crate::graph::{DType, GraphError, Model, Node, Tensor};
 use crate::passes::NameGen;
 
@@ -112,7 +113,7 @@ pub fn write_qdq(
             let new_input = {
                 let q_name = names.fresh(&format!("{b_name}_quantized"));
                 let n = bias.values.len() as i64;
-                let bytes = bias.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let bytes = bias.values.iter().map(|v| v.to_le_bytes()).le_bytes();
                 m.graph.initializers.insert(
                     q_name.clone(),
                     Tensor::from_raw(&q_name, DType::I32, vec![n], bytes)?,

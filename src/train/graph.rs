@@ -10,6 +10,7 @@ use candle_core::{DType as CDType, Tensor, Var};
 
 use super::optim::Param;
 use super::TrainError;
+use crate::graph::LeBytes;
 use crate::graph::{DType, Model, Tensor as IrTensor, ValueInfo};
 use crate::recipe::BatchNormMode;
 
@@ -205,30 +206,32 @@ pub fn with_values<'a>(
         };
         let t = t.flatten_all()?;
         let bytes: Vec<u8> = match old.dtype {
-            DType::F32 => t
-                .to_dtype(CDType::F32)?
-                .to_vec1::<f32>()?
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
+            DType::F32 => {
+                let values = t.to_dtype(CDType::F32)?.to_vec1::<f32>()?;
+                let mut bytes = Vec::with_capacity(values.len() * 4);
+                values
+                    .iter()
+                    .for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
+                bytes
+            }
             DType::F64 => t
                 .to_dtype(CDType::F64)?
                 .to_vec1::<f64>()?
                 .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
+                .map(|v| v.to_le_bytes())
+                .le_bytes(),
             DType::F16 => t
                 .to_dtype(CDType::F16)?
                 .to_vec1::<half::f16>()?
                 .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
+                .map(|v| v.to_le_bytes())
+                .le_bytes(),
             DType::BF16 => t
                 .to_dtype(CDType::BF16)?
                 .to_vec1::<half::bf16>()?
                 .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
+                .map(|v| v.to_le_bytes())
+                .le_bytes(),
             other => {
                 return Err(TrainError::Shape(format!(
                     "initializer '{name}' of type {other:?} cannot hold trained values"
