@@ -318,18 +318,43 @@ fn for_each_plane<T: Send>(
 
 fn max_fwd<T: PoolFloat>(x: &[T], g: &Geom) -> Vec<T> {
     let (ip, op) = (g.in_plane(), g.out_plane());
+    let (w, dense) = (g.inp.1, g.dil == (1, 1));
     let mut y = vec![T::LOWEST; g.planes() * op];
     for_each_plane(&mut y, op, ip.max(op), |pl, y| {
         let x = &x[pl * ip..(pl + 1) * ip];
         for (y_row, &r) in y.chunks_mut(g.out.1).zip(&g.rows) {
             for (y, &c) in y_row.iter_mut().zip(&g.cols) {
-                if let Some(i) = g.argmax(x, r, c) {
-                    *y = x[i];
-                }
+                let at = r.lo * w + c.lo;
+                *y = match (dense, r.n, c.n) {
+                    // Whole 3x3 and 2x2 windows (ResNet's stem, VGG): fixed trip counts.
+                    (true, 3, 3) => window_max::<T, 3, 3>(x, w, at),
+                    (true, 2, 2) => window_max::<T, 2, 2>(x, w, at),
+                    _ => match g.argmax(x, r, c) {
+                        Some(i) => x[i],
+                        None => continue,
+                    },
+                };
             }
         }
     });
     y
+}
+
+/// The first maximum of the `KH x KW` window whose corner is `x[at]` (rows `w` apart), in
+/// `Geom::argmax`'s order, so the same value (NaN included) for the same window.
+#[inline(always)]
+fn window_max<T: PoolFloat, const KH: usize, const KW: usize>(x: &[T], w: usize, at: usize) -> T {
+    let win = &x[at..at + (KH - 1) * w + KW];
+    let mut best = win[0];
+    for a in 0..KH {
+        let row = &win[a * w..a * w + KW];
+        for &v in row {
+            if v > best {
+                best = v;
+            }
+        }
+    }
+    best
 }
 
 /// `scatter`: adds `v[o]` (output-shaped) to the argmax cell of window `o` (input-shaped
