@@ -15,7 +15,7 @@ use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
 };
 use rayon::prelude::*;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::contiguous_slice;
 
@@ -29,6 +29,18 @@ struct BatchStats {
 
 /// Where a `BnTrain` op leaves its forward's statistics.
 type StatsCell = Arc<Mutex<Option<Arc<BatchStats>>>>;
+
+/// The value behind a lock that the ops of one step share (an error if a panic poisoned it).
+fn locked<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
+    m.lock()
+        .map_err(|_| candle_core::Error::Msg("batch_norm_train: a poisoned lock".into()))
+}
+
+/// The statistics a forward left in `cell`.
+fn kept_stats(cell: &StatsCell) -> Result<Arc<BatchStats>> {
+    let kept = locked(cell)?.clone();
+    kept.ok_or_else(|| candle_core::Error::Msg("batch_norm_train: no forward ran".into()))
+}
 
 /// `(y, batch mean, batch variance)` of BatchNormalization in training mode; `y` is
 /// differentiable in `x`, `gamma` and `beta`, the statistics are detached (biased variance).
@@ -68,13 +80,7 @@ pub fn batch_norm_train(
             stats: cell.clone(),
         },
     )?;
-    let stats = cell
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("batch_norm_train: statistics lock".into()))?
-        .clone();
-    let Some(stats) = stats else {
-        bail!("batch_norm_train: the forward left no statistics")
-    };
+    let stats = kept_stats(&cell)?;
     let channel = |v: &[f64]| Tensor::new(v, x.device())?.to_dtype(x.dtype());
     Ok((y, channel(&stats.mean)?, channel(&stats.var)?))
 }
@@ -243,17 +249,6 @@ struct BnTrain {
     stats: StatsCell,
 }
 
-impl BnTrain {
-    fn stats(&self) -> Result<Arc<BatchStats>> {
-        let kept = self
-            .stats
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("batch_norm_train: statistics lock".into()))?
-            .clone();
-        kept.ok_or_else(|| candle_core::Error::Msg("batch_norm_train: no forward ran".into()))
-    }
-}
-
 impl CustomOp3 for BnTrain {
     fn name(&self) -> &'static str {
         "amct-batch-norm-train"
@@ -281,11 +276,7 @@ impl CustomOp3 for BnTrain {
             kept = Some(Arc::new(st));
             y
         });
-        *self
-            .stats
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("batch_norm_train: statistics lock".into()))? =
-            kept;
+        *locked(&self.stats)? = kept;
         Ok((out, l1.shape().clone()))
     }
 
@@ -299,7 +290,7 @@ impl CustomOp3 for BnTrain {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let gy = gy.contiguous()?;
         let grads = Arc::new(Mutex::new(None));
-        let stats = self.stats()?;
+        let stats = kept_stats(&self.stats)?;
         let params = x.apply_op2_no_bwd(
             &gy,
             &BnGradParams {
@@ -307,9 +298,7 @@ impl CustomOp3 for BnTrain {
                 sums: grads.clone(),
             },
         )?;
-        let sums = grads
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("batch_norm_train: gradient lock".into()))?
+        let sums = locked(&grads)?
             .take()
             .ok_or_else(|| candle_core::Error::Msg("batch_norm_train: no sums".into()))?;
         let dx = x.apply_op3_no_bwd(gamma, &gy, &BnGradX { stats, sums })?;
@@ -383,10 +372,7 @@ impl CustomOp2 for BnGradParams {
             sums = Some(Arc::new((dg, db)));
             out
         });
-        *self
-            .sums
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("batch_norm_train: gradient lock".into()))? = sums;
+        *locked(&self.sums)? = sums;
         Ok((out, Shape::from((2, p.c))))
     }
 }

@@ -403,7 +403,7 @@ pub(super) fn forward_image<T: WithDType>(
     let clamp = bounds::<T>(act);
     if let (Some(packed), Some(x32)) = (w.packed, f32_slice(xn)) {
         // Packed weights: f32 on `sgemm`, which finishes each output tile itself.
-        let clamp32 = clamp.map(|(lo, hi)| (lo.to_f64() as f32, hi.to_f64() as f32));
+        let clamp32 = bounds::<f32>(act);
         let bias32 = bias.and_then(f32_slice);
         // SAFETY: `T` is `f32` (its slice converted), so this is the same memory retyped.
         let y32 = unsafe { &mut *(yn as *mut [MaybeUninit<T>] as *mut [MaybeUninit<f32>]) };
@@ -465,7 +465,7 @@ pub(super) fn forward_small_images<T: WithDType>(
     if g.n < 2 || g.out_plane() >= BATCH_BELOW_PIXELS {
         return false;
     }
-    let clamp = bounds::<T>(act).map(|(lo, hi)| (lo.to_f64() as f32, hi.to_f64() as f32));
+    let clamp = bounds::<f32>(act);
     // SAFETY: `T` is `f32` (its slice converted), so this is the same memory retyped.
     let y32 = unsafe { &mut *(y as *mut [MaybeUninit<T>] as *mut [MaybeUninit<f32>]) };
     let operands = (x32, packed, bias.and_then(f32_slice));

@@ -5,7 +5,7 @@
 
 use super::conv2d::Geom;
 use super::conv2d_gemm::{im2col, valid_range, MatRef};
-use super::sgemm::{sgemm, with_buffer, Epilogue, Lhs, PackedLhs, Residual};
+use super::sgemm::{finish_value, sgemm, with_buffer, Epilogue, Lhs, PackedLhs, Residual};
 use super::sgemm_pack::{Rhs, RowSource};
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
@@ -134,20 +134,7 @@ pub(super) fn forward_batch(
                 let at = b * image_len + c * p;
                 let res = residual.map(|r| &r[at..at + p]);
                 for (j, (out, &v)) in y[at..at + p].iter_mut().zip(sums).enumerate() {
-                    let v = add.map_or(v, |a| v + a);
-                    let v = res.map_or(v, |r| v + r[j]);
-                    let v = match clamp {
-                        None => v,
-                        // Comparisons, as in `sgemm`'s epilogue: a NaN stays NaN.
-                        Some((lo, hi)) => {
-                            let v = if v < lo { lo } else { v };
-                            if v > hi {
-                                hi
-                            } else {
-                                v
-                            }
-                        }
-                    };
+                    let v = finish_value(v, add, res.map(|r| r[j]), clamp);
                     out.write(v);
                 }
             }

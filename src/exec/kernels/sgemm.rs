@@ -177,26 +177,38 @@ impl<'a> Epilogue<'a> {
     /// (the residual already at the tile's corner).
     unsafe fn apply(&self, c: Dst, i: usize, (mr, nr): (usize, usize)) {
         for r in 0..mr {
-            let add = self.bias.map_or(0.0, |b| b[i + r]);
+            let bias = self.bias.map(|b| b[i + r]);
             let row = std::slice::from_raw_parts_mut(c.ptr.add(r * c.rs), nr);
             let res = self
                 .residual
                 .map(|s| std::slice::from_raw_parts(s.ptr.add(r * s.rs), nr));
             for (j, v) in row.iter_mut().enumerate() {
-                let x = *v + add;
-                let x = res.map_or(x, |s| x + s[j]);
-                *v = match self.clamp {
-                    None => x,
-                    // Comparisons, not `max`/`min`: a NaN stays NaN, as in the unfused ops.
-                    Some((lo, hi)) => {
-                        let x = if x < lo { lo } else { x };
-                        if x > hi {
-                            hi
-                        } else {
-                            x
-                        }
-                    }
-                };
+                *v = finish_value(*v, bias, res.map(|s| s[j]), self.clamp);
+            }
+        }
+    }
+}
+
+/// One finished element: `clamp(v + bias + residual, lo, hi)` in the order of the
+/// micro-kernel's stores (comparisons, not `max`/`min`: a NaN stays NaN, as in the unfused
+/// ops).
+#[inline(always)]
+pub(super) fn finish_value(
+    v: f32,
+    bias: Option<f32>,
+    residual: Option<f32>,
+    clamp: Option<(f32, f32)>,
+) -> f32 {
+    let v = bias.map_or(v, |b| v + b);
+    let v = residual.map_or(v, |r| v + r);
+    match clamp {
+        None => v,
+        Some((lo, hi)) => {
+            let v = if v < lo { lo } else { v };
+            if v > hi {
+                hi
+            } else {
+                v
             }
         }
     }

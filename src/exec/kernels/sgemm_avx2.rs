@@ -127,75 +127,59 @@ pub(super) unsafe fn tile_6x16(
         (c40, c41),
         (c50, c51),
     ];
-    let finish = Finish::new(&store);
     for (i, (lo, hi)) in rows.into_iter().enumerate().take(store.rows) {
         let row = c.add(i * ldc);
-        _mm256_storeu_ps(row, finish.apply256(lo, (row, i, 0)));
-        _mm256_storeu_ps(row.add(8), finish.apply256(hi, (row.add(8), i, 8)));
+        _mm256_storeu_ps(row, store.apply256(lo, (row, i, 0)));
+        _mm256_storeu_ps(row.add(8), store.apply256(hi, (row.add(8), i, 8)));
     }
 }
 
-/// A `TileStore` with its bounds as vectors.
-#[cfg(target_arch = "x86_64")]
-struct Finish<'a> {
-    store: &'a TileStore<'a>,
-    /// `(lo, hi)` of the clamp.
-    bounds: Option<(__m256, __m256)>,
+/// Defines `TileStore::$name`: the value to store for the part `v` (one vector of the given
+/// intrinsics) of row `i` at `out`, column `j` of the tile.
+macro_rules! finish_part {
+    ($name:ident, $vec:ty, $add:ident, $load:ident, $set1:ident, $min:ident, $max:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        impl TileStore<'_> {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn $name(&self, v: $vec, (out, i, j): (*const f32, usize, usize)) -> $vec {
+                let mut v = v;
+                if self.accumulate {
+                    v = $add($load(out), v);
+                }
+                if let Some(bias) = self.bias {
+                    v = $add(v, $set1(bias[i]));
+                }
+                if let Some((r, rs)) = self.residual {
+                    v = $add(v, $load(r.add(i * rs + j)));
+                }
+                if let Some((lo, hi)) = self.clamp {
+                    // `max(lo, v)` gives `v` when `v` is NaN, as does `min(hi, .)`.
+                    v = $min($set1(hi), $max($set1(lo), v));
+                }
+                v
+            }
+        }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-impl<'a> Finish<'a> {
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn new(store: &'a TileStore<'a>) -> Self {
-        let bounds = store
-            .clamp
-            .map(|(lo, hi)| (_mm256_set1_ps(lo), _mm256_set1_ps(hi)));
-        Finish { store, bounds }
-    }
-
-    /// The value to store for the 8-lane part `v` of row `i` at `out`, column `j` of the
-    /// tile.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn apply256(&self, v: __m256, (out, i, j): (*const f32, usize, usize)) -> __m256 {
-        let mut v = v;
-        if self.store.accumulate {
-            v = _mm256_add_ps(_mm256_loadu_ps(out), v);
-        }
-        if let Some(bias) = self.store.bias {
-            v = _mm256_add_ps(v, _mm256_set1_ps(bias[i]));
-        }
-        if let Some((r, rs)) = self.store.residual {
-            v = _mm256_add_ps(v, _mm256_loadu_ps(r.add(i * rs + j)));
-        }
-        if let Some((lo, hi)) = self.bounds {
-            // `max(lo, v)` gives `v` when `v` is NaN, as does `min(hi, .)`.
-            v = _mm256_min_ps(hi, _mm256_max_ps(lo, v));
-        }
-        v
-    }
-
-    /// `apply256` for a 4-lane part.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn apply128(&self, v: __m128, (out, i, j): (*const f32, usize, usize)) -> __m128 {
-        let mut v = v;
-        if self.store.accumulate {
-            v = _mm_add_ps(_mm_loadu_ps(out), v);
-        }
-        if let Some(bias) = self.store.bias {
-            v = _mm_add_ps(v, _mm_set1_ps(bias[i]));
-        }
-        if let Some((r, rs)) = self.store.residual {
-            v = _mm_add_ps(v, _mm_loadu_ps(r.add(i * rs + j)));
-        }
-        if let Some((lo, hi)) = self.bounds {
-            v = _mm_min_ps(
-                _mm256_castps256_ps128(hi),
-                _mm_max_ps(_mm256_castps256_ps128(lo), v),
-            );
-        }
-        v
-    }
-}
+finish_part!(
+    apply256,
+    __m256,
+    _mm256_add_ps,
+    _mm256_loadu_ps,
+    _mm256_set1_ps,
+    _mm256_min_ps,
+    _mm256_max_ps
+);
+finish_part!(
+    apply128,
+    __m128,
+    _mm_add_ps,
+    _mm_loadu_ps,
+    _mm_set1_ps,
+    _mm_min_ps,
+    _mm_max_ps
+);
 
 /// Defines a tile function like `tile_6x16` for only the first columns of the panel (one
 /// vector of the given intrinsics per row: a panel with few real columns, as where a 7x7
@@ -227,10 +211,9 @@ macro_rules! narrow_tile {
                 pa = pa.add(MR);
                 pb = pb.add(NR);
             }
-            let finish = Finish::new(&store);
-            for (i, row) in acc.into_iter().enumerate().take(store.rows) {
+                    for (i, row) in acc.into_iter().enumerate().take(store.rows) {
                 let out = c.add(i * ldc);
-                $store(out, finish.$apply(row, (out, i, 0)));
+                $store(out, store.$apply(row, (out, i, 0)));
             }
         }
     };
