@@ -15,8 +15,8 @@
 
 use super::contiguous_slice;
 use super::conv2d_gemm::{
-    forward_image, forward_small_images, grad_w_image, grad_x_image, pack_weights, ConvFloat,
-    Parallelism, Weights,
+    forward_image, forward_small_images, forward_winograd, grad_w_image, grad_x_image,
+    grad_x_winograd, pack_weights, ConvFloat, Parallelism, Weights,
 };
 use candle_core::backend::BackendStorage;
 use candle_core::{
@@ -263,6 +263,15 @@ fn fwd<T: ConvFloat>(
     // Not zero-filled: `forward_image` writes every element, and a fill would be one more
     // pass over the output in memory.
     let mut y = Vec::with_capacity(len);
+    if forward_winograd(
+        g,
+        (x, w, b),
+        (&mut y.spare_capacity_mut()[..len], residual, act),
+    ) {
+        // SAFETY: `forward_winograd` wrote every element of the batch.
+        unsafe { y.set_len(len) };
+        return y;
+    }
     let packed = pack_weights(g, w, false);
     let w = Weights {
         data: w,
@@ -292,6 +301,9 @@ fn fwd<T: ConvFloat>(
 fn grad_x<T: ConvFloat>(g: &Geom, gy: &[T], w: &[T]) -> Vec<T> {
     let (xl, yl) = (g.x_len(), g.y_len());
     let mut dx = vec![T::zero(); g.n * xl];
+    if grad_x_winograd(g, (gy, w), &mut dx) {
+        return dx;
+    }
     let packed = pack_weights(g, w, true);
     let w = Weights {
         data: w,

@@ -473,6 +473,51 @@ pub(super) fn forward_small_images<T: WithDType>(
     true
 }
 
+/// The forward of the whole batch on Winograd F(2x2, 3x3) (`winograd::applies`) when `T`
+/// is `f32`; `false` (and nothing written) otherwise.
+pub(super) fn forward_winograd<T: WithDType>(
+    g: &Geom,
+    (x, w, bias): (&[T], &[T], Option<&[T]>),
+    (y, residual, act): (&mut [MaybeUninit<T>], Option<&[T]>, FusedActivation),
+) -> bool {
+    use super::winograd::{applies, convolve, Finish, Shape, TransformedWeights};
+    let (Some(x32), Some(w32)) = (f32_slice(x), f32_slice(w)) else {
+        return false;
+    };
+    if !applies(g) {
+        return false;
+    }
+    let weights = TransformedWeights::forward(w32, (g.cout_g, g.cin_g));
+    // SAFETY: `T` is `f32` (its slice converted), so this is the same memory retyped.
+    let y32 = unsafe { &mut *(y as *mut [MaybeUninit<T>] as *mut [MaybeUninit<f32>]) };
+    let finish = Finish {
+        bias: bias.and_then(f32_slice),
+        residual: residual.and_then(f32_slice),
+        clamp: bounds::<f32>(act),
+    };
+    convolve(&Shape::forward(g), (x32, &weights), y32, finish);
+    true
+}
+
+/// The input gradient of the whole batch on Winograd F(2x2, 3x3)
+/// (`winograd::applies_to_grad_x`) when `T` is `f32`, every element of `dx` written;
+/// `false` (and nothing written) otherwise.
+pub(super) fn grad_x_winograd<T: WithDType>(g: &Geom, (gy, w): (&[T], &[T]), dx: &mut [T]) -> bool {
+    use super::winograd::{applies_to_grad_x, convolve, Finish, Shape, TransformedWeights};
+    let (Some(gy32), Some(w32)) = (f32_slice(gy), f32_slice(w)) else {
+        return false;
+    };
+    if !applies_to_grad_x(g) {
+        return false;
+    }
+    let weights = TransformedWeights::grad_x(w32, (g.cout_g, g.cin_g));
+    // SAFETY: `T` is `f32` (its slice converted); initialized values viewed as possibly
+    // uninitialized ones, all overwritten.
+    let dx32 = unsafe { &mut *(dx as *mut [T] as *mut [MaybeUninit<f32>]) };
+    convolve(&Shape::grad_x(g), (gy32, &weights), dx32, Finish::default());
+    true
+}
+
 /// Input gradient of one image: `dxn[C_in, H, W]` (zeros on entry, as `conv2d`'s `grad_x`
 /// allocates it) from `gyn[C_out, P]`.
 pub(super) fn grad_x_image<T: WithDType>(

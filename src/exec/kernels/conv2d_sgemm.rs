@@ -41,6 +41,17 @@ impl RowSource for ImageCols<'_> {
             if g.s.1 == 1 {
                 // A loop, not `copy_from_slice`: rows are short, and a call per row costs more.
                 dst.iter_mut().zip(&src[ix0..]).for_each(|(o, s)| *o = *s);
+            } else if g.s.1 == 2 {
+                // Pairs, not `step_by`: this loop vectorizes (the stride-2 stem's rows).
+                let (pairs, last) = (src[ix0..].chunks_exact(2), dst.len() - 1);
+                let whole = pairs.len().min(dst.len());
+                dst[..whole]
+                    .iter_mut()
+                    .zip(pairs)
+                    .for_each(|(o, p)| *o = p[0]);
+                if whole == last {
+                    dst[last] = src[ix0 + 2 * last];
+                }
             } else {
                 let from = src[ix0..].iter().step_by(g.s.1);
                 dst.iter_mut().zip(from).for_each(|(o, s)| *o = *s);
@@ -261,6 +272,9 @@ mod tests {
             ([1, 2, 7, 9], [3, 2, 3, 3], [2, 1], [1, 2], [1, 2, 0, 1]),
             ([1, 1, 5, 5], [1, 1, 3, 3], [1, 1], [1, 1], [3, 0, 0, 3]),
             ([1, 3, 6, 4], [2, 3, 5, 3], [1, 3], [2, 1], [2, 1, 2, 1]),
+            ([1, 2, 9, 11], [2, 2, 3, 3], [2, 2], [1, 1], [1, 1, 1, 1]), // stride-2 pairs
+            ([1, 3, 15, 13], [4, 3, 7, 7], [2, 2], [1, 1], [3, 3, 3, 3]), // a stem
+            ([1, 1, 8, 10], [1, 1, 1, 1], [2, 2], [1, 1], [0, 0, 0, 0]), // 1x1 downsample
         ];
         for (x_dims, w_dims, stride, dilation, pads) in cases {
             let params = Conv2dParams {

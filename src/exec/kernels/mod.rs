@@ -35,6 +35,9 @@ mod sgemm_pack;
 mod sgemm_tests;
 #[cfg(test)]
 mod test_util;
+mod winograd;
+#[cfg(test)]
+mod winograd_tests;
 
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Tensor, WithDType};
 use conv2d::FusedActivation;

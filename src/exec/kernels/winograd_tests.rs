@@ -1,0 +1,241 @@
+//! Tests of the Winograd F(2x2, 3x3) convolution against a direct f64 reference: odd and
+//! even output sizes, asymmetric pads, blocks that split tile rows, the epilogue (bias,
+//! residual, clamp), the input gradient, and which geometries take the path.
+
+use super::conv2d::{Conv2dParams, FusedActivation, Geom};
+use super::test_util::Lcg;
+use super::winograd::{applies, applies_to_grad_x, convolve, Finish, Shape, TransformedWeights};
+use std::mem::MaybeUninit;
+
+fn geom(
+    x: [usize; 4],
+    cout: usize,
+    (stride, pads, groups): ([usize; 2], [usize; 4], usize),
+) -> Geom {
+    let params = Conv2dParams {
+        stride,
+        dilation: [1, 1],
+        pads,
+        groups,
+        activation: FusedActivation::None,
+    };
+    Geom::new(&params, &x, &[cout, x[1] / groups, 3, 3]).expect("a valid geometry")
+}
+
+fn random(seed: u64, n: usize) -> Vec<f32> {
+    Lcg(seed).vec(n).iter().map(|&v| v as f32).collect()
+}
+
+/// `y[n, o, oy, ox] = sum x[n, i, oy + a - pt, ox + b - pl] w[o, i, a, b]` in f64.
+fn reference(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f64> {
+    let ((h, wd), (oh, ow), (cin, cout)) = (g.inp, g.out, (g.cin_g, g.cout_g));
+    let mut y = vec![0f64; g.n * cout * oh * ow];
+    for n in 0..g.n {
+        for o in 0..cout {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = 0f64;
+                    for i in 0..cin {
+                        for a in 0..3 {
+                            for b in 0..3 {
+                                let iy = (oy + a).checked_sub(g.pads[0]).filter(|&v| v < h);
+                                let ix = (ox + b).checked_sub(g.pads[1]).filter(|&v| v < wd);
+                                if let (Some(iy), Some(ix)) = (iy, ix) {
+                                    let xv = x[((n * cin + i) * h + iy) * wd + ix] as f64;
+                                    acc += xv * w[((o * cin + i) * 3 + a) * 3 + b] as f64;
+                                }
+                            }
+                        }
+                    }
+                    y[((n * cout + o) * oh + oy) * ow + ox] = acc;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Largest `|a - b|` relative to `max(1, max |b|)`.
+fn rel_diff(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .fold(0f64, |m, (&x, &y)| m.max((x as f64 - y).abs()))
+        / scale
+}
+
+fn run(s: &Shape, x: &[f32], w: &TransformedWeights, len: usize, finish: Finish) -> Vec<f32> {
+    let mut y = vec![MaybeUninit::new(f32::NAN); len];
+    convolve(s, (x, w), &mut y, finish);
+    // SAFETY: initialized above (and overwritten by `convolve`).
+    y.into_iter().map(|v| unsafe { v.assume_init() }).collect()
+}
+
+const SHAPES: [([usize; 4], usize, [usize; 4]); 5] = [
+    ([1, 16, 11, 13], 16, [1, 1, 1, 1]), // odd output: a partial tile at each edge
+    ([3, 16, 12, 13], 20, [0, 1, 2, 0]), // asymmetric pads
+    ([2, 24, 30, 30], 16, [1, 1, 1, 1]), // 450 tiles: several blocks
+    ([5, 16, 14, 14], 17, [2, 2, 2, 2]), // pads of 2
+    ([8, 32, 10, 11], 16, [1, 1, 1, 1]), // several images in one block
+];
+
+#[test]
+fn forward_matches_the_direct_convolution() {
+    for (k, (x_dims, cout, pads)) in SHAPES.into_iter().enumerate() {
+        let g = geom(x_dims, cout, ([1, 1], pads, 1));
+        assert!(applies(&g), "case {k} should run on Winograd");
+        let x = random(k as u64, x_dims.iter().product());
+        let w = random(50 + k as u64, cout * x_dims[1] * 9);
+        let tw = TransformedWeights::forward(&w, (cout, x_dims[1]));
+        let want = reference(&g, &x, &w);
+        let got = run(&Shape::forward(&g), &x, &tw, want.len(), Finish::default());
+        let d = rel_diff(&got, &want);
+        assert!(d <= 2e-6, "case {k}: relative difference {d}");
+    }
+}
+
+#[test]
+fn epilogue_adds_bias_and_residual_then_clamps() {
+    let (x_dims, cout, pads) = SHAPES[2];
+    let g = geom(x_dims, cout, ([1, 1], pads, 1));
+    let x = random(7, x_dims.iter().product());
+    let w = random(8, cout * x_dims[1] * 9);
+    let bias = random(9, cout);
+    let reference = reference(&g, &x, &w);
+    let residual = random(10, reference.len());
+    let tw = TransformedWeights::forward(&w, (cout, x_dims[1]));
+    let finish = Finish {
+        bias: Some(&bias),
+        residual: Some(&residual),
+        clamp: Some((0.0, 6.0)),
+    };
+    let got = run(&Shape::forward(&g), &x, &tw, reference.len(), finish);
+    let plane = g.out.0 * g.out.1;
+    let want: Vec<f64> = reference
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (v + bias[(i / plane) % cout] as f64 + residual[i] as f64).clamp(0.0, 6.0))
+        .collect();
+    let d = rel_diff(&got, &want);
+    assert!(d <= 2e-6, "relative difference {d}");
+    assert!(got.iter().all(|v| (0.0..=6.0).contains(v)));
+    assert!(
+        got.contains(&0.0) && got.iter().any(|&v| v > 0.5),
+        "the clamp had work to do"
+    );
+}
+
+/// `dx[n, i, iy, ix] = sum gy[n, o, iy + pt - a, ix + pl - b] w[o, i, a, b]` in f64.
+fn reference_grad_x(g: &Geom, gy: &[f32], w: &[f32]) -> Vec<f64> {
+    let ((h, wd), (oh, ow), (cin, cout)) = (g.inp, g.out, (g.cin_g, g.cout_g));
+    let mut dx = vec![0f64; g.n * cin * h * wd];
+    for n in 0..g.n {
+        for o in 0..cout {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let gv = gy[((n * cout + o) * oh + oy) * ow + ox] as f64;
+                    for i in 0..cin {
+                        for a in 0..3 {
+                            for b in 0..3 {
+                                let iy = (oy + a).checked_sub(g.pads[0]).filter(|&v| v < h);
+                                let ix = (ox + b).checked_sub(g.pads[1]).filter(|&v| v < wd);
+                                if let (Some(iy), Some(ix)) = (iy, ix) {
+                                    let wv = w[((o * cin + i) * 3 + a) * 3 + b] as f64;
+                                    dx[((n * cin + i) * h + iy) * wd + ix] += gv * wv;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    dx
+}
+
+#[test]
+fn input_gradient_matches_the_direct_one() {
+    for (k, (x_dims, cout, pads)) in SHAPES.into_iter().enumerate() {
+        let g = geom(x_dims, cout, ([1, 1], pads, 1));
+        assert!(applies_to_grad_x(&g), "case {k}");
+        let gy = random(20 + k as u64, g.n * cout * g.out.0 * g.out.1);
+        let w = random(70 + k as u64, cout * x_dims[1] * 9);
+        let tw = TransformedWeights::grad_x(&w, (cout, x_dims[1]));
+        let want = reference_grad_x(&g, &gy, &w);
+        let got = run(&Shape::grad_x(&g), &gy, &tw, want.len(), Finish::default());
+        let d = rel_diff(&got, &want);
+        assert!(d <= 2e-6, "case {k}: relative difference {d}");
+    }
+}
+
+#[test]
+fn only_3x3_stride_1_single_group_convolutions_with_enough_channels_apply() {
+    let pads = [1; 4];
+    assert!(applies(&geom([1, 16, 10, 10], 16, ([1, 1], pads, 1))));
+    assert!(
+        !applies(&geom([1, 16, 20, 20], 16, ([2, 2], pads, 1))),
+        "stride 2"
+    );
+    assert!(
+        !applies(&geom([1, 32, 10, 10], 32, ([1, 1], pads, 2))),
+        "groups"
+    );
+    assert!(
+        !applies(&geom([1, 8, 10, 10], 16, ([1, 1], pads, 1))),
+        "8 input channels"
+    );
+    assert!(
+        !applies(&geom([1, 16, 10, 10], 4, ([1, 1], pads, 1))),
+        "4 output channels"
+    );
+    assert!(
+        !applies(&geom([8, 64, 7, 7], 64, ([1, 1], pads, 1))),
+        "a 7x7 plane"
+    );
+    let wide = geom([1, 16, 10, 10], 16, ([1, 1], [3, 3, 3, 3], 1));
+    assert!(
+        applies(&wide) && !applies_to_grad_x(&wide),
+        "pads of 3: forward only"
+    );
+}
+
+/// Times against im2col on ResNet-50's 3x3 shapes at batch 8:
+/// `cargo test --release --lib winograd_speed -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn winograd_speed() {
+    use super::conv2d::conv2d;
+    use candle_core::{Device, Tensor};
+    use std::time::Instant;
+    for (c, hw) in [(64, 56), (128, 28), (256, 14), (512, 14)] {
+        let g = geom([8, c, hw, hw], c, ([1, 1], [1; 4], 1));
+        let x = random(1, 8 * c * hw * hw);
+        let w = random(2, c * c * 9);
+        let best = |f: &mut dyn FnMut()| {
+            (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .fold(f64::MAX, f64::min)
+        };
+        let wt = best(&mut || drop(TransformedWeights::forward(&w, (c, c))));
+        let tw = TransformedWeights::forward(&w, (c, c));
+        let mut y = vec![MaybeUninit::new(0f32); x.len()];
+        let conv =
+            best(&mut || convolve(&Shape::forward(&g), (&x, &tw), &mut y, Finish::default()));
+        let xt = Tensor::from_vec(x.clone(), (8, c, hw, hw), &Device::Cpu).unwrap();
+        let wt_ = Tensor::from_vec(w.clone(), (c, c, 3, 3), &Device::Cpu).unwrap();
+        let params = Conv2dParams {
+            pads: [1; 4],
+            ..Default::default()
+        };
+        std::env::set_var("AMCT_WINOGRAD", "0");
+        let im2col = best(&mut || drop(conv2d(&xt, &wt_, None, &params).unwrap()));
+        std::env::remove_var("AMCT_WINOGRAD");
+        let whole = best(&mut || drop(conv2d(&xt, &wt_, None, &params).unwrap()));
+        println!("C={c} {hw}x{hw}: weights {wt:.2} ms, convolve {conv:.2} ms, whole {whole:.2} ms, im2col {im2col:.2} ms");
+    }
+}
