@@ -15,8 +15,8 @@
 
 use super::contiguous_slice;
 use super::conv2d_gemm::{
-    forward_image, forward_small_images, forward_winograd, grad_w_image, grad_x_image,
-    grad_x_winograd, pack_weights, ConvFloat, Parallelism, Weights,
+    forward_image, forward_small_images, forward_winograd, grad_w_image, grad_w_winograd,
+    grad_x_image, grad_x_winograd, pack_weights, ConvFloat, Parallelism, Weights,
 };
 use candle_core::backend::BackendStorage;
 use candle_core::{
@@ -317,6 +317,10 @@ fn grad_x<T: ConvFloat>(g: &Geom, gy: &[T], w: &[T]) -> Vec<T> {
 
 fn grad_w<T: ConvFloat>(g: &Geom, x: &[T], gy: &[T]) -> Vec<T> {
     let (xl, yl, wl) = (g.x_len(), g.y_len(), g.cout() * g.col_rows());
+    let mut dw = vec![T::zero(); wl];
+    if grad_w_winograd(g, (x, gy), &mut dw) {
+        return dw;
+    }
     let image = |n: usize, dw: &mut Vec<T>, scratch: &mut Vec<T>, par| {
         let xg = (&x[n * xl..(n + 1) * xl], &gy[n * yl..(n + 1) * yl]);
         grad_w_image(g, xg, dw, scratch, par);
@@ -336,14 +340,11 @@ fn grad_w<T: ConvFloat>(g: &Geom, x: &[T], gy: &[T]) -> Vec<T> {
                 dw
             })
             .collect();
-        let mut parts = partials.into_iter();
-        let mut dw = parts.next().unwrap_or_else(|| vec![T::zero(); wl]);
-        for part in parts {
+        for part in partials {
             dw.iter_mut().zip(&part).for_each(|(a, b)| *a += *b);
         }
         dw
     } else {
-        let mut dw = vec![T::zero(); wl];
         for n in 0..g.n {
             T::with_scratch(|s| image(n, &mut dw, s, Parallelism::Rayon(0)));
         }

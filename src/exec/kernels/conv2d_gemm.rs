@@ -518,6 +518,22 @@ pub(super) fn grad_x_winograd<T: WithDType>(g: &Geom, (gy, w): (&[T], &[T]), dx:
     true
 }
 
+/// The weight gradient of the whole batch on Winograd F(2x2, 3x3) (`winograd::applies`)
+/// when `T` is `f32`, every element of `dw` written; `false` (and nothing written)
+/// otherwise.
+pub(super) fn grad_w_winograd<T: WithDType>(g: &Geom, (x, gy): (&[T], &[T]), dw: &mut [T]) -> bool {
+    let (Some(x32), Some(gy32), Some(dw32)) = (f32_slice(x), f32_slice(gy), f32_slice_mut(dw))
+    else {
+        return false;
+    };
+    if !super::winograd::applies(g) {
+        return false;
+    }
+    let shape = super::winograd::Shape::forward(g);
+    super::winograd_grad_w::grad_w(&shape, x32, gy32, dw32);
+    true
+}
+
 /// Input gradient of one image: `dxn[C_in, H, W]` (zeros on entry, as `conv2d`'s `grad_x`
 /// allocates it) from `gyn[C_out, P]`.
 pub(super) fn grad_x_image<T: WithDType>(

@@ -36,6 +36,7 @@ mod sgemm_tests;
 #[cfg(test)]
 mod test_util;
 mod winograd;
+mod winograd_grad_w;
 #[cfg(test)]
 mod winograd_tests;
 

@@ -21,7 +21,7 @@ use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 /// Transformed values per tile (a 4x4 input tile).
-const POINTS: usize = 16;
+pub(super) const POINTS: usize = 16;
 /// About this many columns per block: enough for `sgemm`'s panels, few enough that the
 /// block's transformed inputs and products stay in cache.
 const COLUMNS_PER_BLOCK: usize = 128;
@@ -60,12 +60,12 @@ pub(super) fn applies_to_grad_x(g: &Geom) -> bool {
 /// input's top and left padding (the bottom and right follow from the output size).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Shape {
-    n: usize,
-    cin: usize,
-    cout: usize,
-    inp: (usize, usize),
-    out: (usize, usize),
-    pad: (usize, usize),
+    pub n: usize,
+    pub cin: usize,
+    pub cout: usize,
+    pub inp: (usize, usize),
+    pub out: (usize, usize),
+    pub pad: (usize, usize),
 }
 
 impl Shape {
@@ -95,7 +95,7 @@ impl Shape {
     }
 
     /// Tiles per output row and column.
-    fn tiles(&self) -> (usize, usize) {
+    pub(super) fn tiles(&self) -> (usize, usize) {
         (self.out.0.div_ceil(2), self.out.1.div_ceil(2))
     }
 }
@@ -110,7 +110,8 @@ impl TransformedWeights {
     /// From the forward weights `w[cout, cin, 3, 3]`.
     pub(super) fn forward(w: &[f32], (cout, cin): (usize, usize)) -> Self {
         Self::build((cout, cin), |o, i| {
-            w[(o * cin + i) * 9..][..9].try_into().unwrap()
+            let k = &w[(o * cin + i) * 9..][..9];
+            std::array::from_fn(|e| k[e])
         })
     }
 
@@ -181,11 +182,11 @@ fn transform_kernel(g: &[f32; 9]) -> [f32; 16] {
 
 thread_local! {
     /// A block's transformed inputs `[16][cin][nb]`.
-    static INPUTS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    pub(super) static INPUTS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// A block's products `[16][cout][nb]`.
     static PRODUCTS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// A block's working rows (`[16][nb]` for the inputs, `[4][nb]` for the outputs).
-    static ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    pub(super) static ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// What is applied to each output: `clamp(v + bias[channel] + residual[i])`.
@@ -296,7 +297,11 @@ unsafe fn block(
 }
 
 /// The first `K` rows of `v` (row stride `stride`), each cut to `len` values.
-fn split_rows<const K: usize>(v: &mut [f32], stride: usize, len: usize) -> [&mut [f32]; K] {
+pub(super) fn split_rows<const K: usize>(
+    v: &mut [f32],
+    stride: usize,
+    len: usize,
+) -> [&mut [f32]; K] {
     let mut rest = &mut v[..K * stride];
     std::array::from_fn(|_| {
         let (row, tail) = std::mem::take(&mut rest).split_at_mut(stride);
@@ -307,7 +312,7 @@ fn split_rows<const K: usize>(v: &mut [f32], stride: usize, len: usize) -> [&mut
 
 /// Writes the block's transformed inputs `v[16][cin][nb]` (`work`: `[16][nb]`).
 #[target_feature(enable = "avx2,fma")]
-unsafe fn transform_inputs(
+pub(super) unsafe fn transform_inputs(
     s: &Shape,
     x: &[f32],
     rows: std::ops::Range<usize>,
@@ -352,8 +357,7 @@ unsafe fn transform_inputs(
                 r3[q] = d1[q] - d3[q];
             }
         }
-        // `(Bt d) B` along the rows: tile `q` reads even and odd columns `q` and `q + 1`
-        // (the last column of each tile row gets values that are never used).
+        // `(Bt d) B` along the rows: tile `q` reads even and odd columns `q` and `q + 1`.
         let n = nb - 1;
         for i in 0..4 {
             let e = &bt[i * nb..][..nb];
@@ -367,8 +371,10 @@ unsafe fn transform_inputs(
                 v2[q] = e1[q] - o0[q];
                 v3[q] = o0[q] - o1[q];
             }
+            // Zeros in each tile row's unused column (products there are never read, but a
+            // weight gradient sums over every column).
             for v in [v0, v1, v2, v3] {
-                v[n] = 0.0;
+                v.iter_mut().skip(tw).step_by(cols).for_each(|u| *u = 0.0);
             }
         }
     }
@@ -397,7 +403,7 @@ fn split_columns(row: &[f32], pad: usize, e: &mut [f32], o: &mut [f32]) {
 }
 
 /// Four disjoint runs of `len` values of `v` starting at `starts` (increasing).
-fn four_rows(v: &mut [f32], starts: [usize; 4], len: usize) -> [&mut [f32]; 4] {
+pub(super) fn four_rows(v: &mut [f32], starts: [usize; 4], len: usize) -> [&mut [f32]; 4] {
     let (a, rest) = v[starts[0]..].split_at_mut(starts[1] - starts[0]);
     let (b, rest) = rest.split_at_mut(starts[2] - starts[1]);
     let (c, rest) = rest.split_at_mut(starts[3] - starts[2]);

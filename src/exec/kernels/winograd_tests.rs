@@ -1,10 +1,11 @@
 //! Tests of the Winograd F(2x2, 3x3) convolution against a direct f64 reference: odd and
 //! even output sizes, asymmetric pads, blocks that split tile rows, the epilogue (bias,
-//! residual, clamp), the input gradient, and which geometries take the path.
+//! residual, clamp), the input and weight gradients, and which geometries take the path.
 
 use super::conv2d::{Conv2dParams, FusedActivation, Geom};
 use super::test_util::Lcg;
 use super::winograd::{applies, applies_to_grad_x, convolve, Finish, Shape, TransformedWeights};
+use super::winograd_grad_w::grad_w;
 use std::mem::MaybeUninit;
 
 fn geom(
@@ -166,6 +167,57 @@ fn input_gradient_matches_the_direct_one() {
         let got = run(&Shape::grad_x(&g), &gy, &tw, want.len(), Finish::default());
         let d = rel_diff(&got, &want);
         assert!(d <= 2e-6, "case {k}: relative difference {d}");
+    }
+}
+
+/// `dw[o, i, a, b] = sum gy[n, o, oy, ox] x[n, i, oy + a - pt, ox + b - pl]` in f64.
+fn reference_grad_w(g: &Geom, x: &[f32], gy: &[f32]) -> Vec<f64> {
+    let ((h, wd), (oh, ow), (cin, cout)) = (g.inp, g.out, (g.cin_g, g.cout_g));
+    let mut dw = vec![0f64; cout * cin * 9];
+    for n in 0..g.n {
+        for o in 0..cout {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let gv = gy[((n * cout + o) * oh + oy) * ow + ox] as f64;
+                    for i in 0..cin {
+                        for a in 0..3 {
+                            for b in 0..3 {
+                                let iy = (oy + a).checked_sub(g.pads[0]).filter(|&v| v < h);
+                                let ix = (ox + b).checked_sub(g.pads[1]).filter(|&v| v < wd);
+                                if let (Some(iy), Some(ix)) = (iy, ix) {
+                                    let xv = x[((n * cin + i) * h + iy) * wd + ix] as f64;
+                                    dw[((o * cin + i) * 3 + a) * 3 + b] += gv * xv;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    dw
+}
+
+#[test]
+fn weight_gradient_matches_the_direct_one() {
+    for (k, (x_dims, cout, pads)) in SHAPES.into_iter().enumerate() {
+        let g = geom(x_dims, cout, ([1, 1], pads, 1));
+        let x = random(30 + k as u64, x_dims.iter().product());
+        let gy = random(40 + k as u64, g.n * cout * g.out.0 * g.out.1);
+        let want = reference_grad_w(&g, &x, &gy);
+        let mut got = vec![f32::NAN; want.len()];
+        grad_w(&Shape::forward(&g), &x, &gy, &mut got);
+        let d = rel_diff(&got, &want);
+        assert!(d <= 2e-6, "case {k}: relative difference {d}");
+        // The same bits on a second run (fixed blocks per thread, summed in order).
+        let mut again = vec![0f32; want.len()];
+        grad_w(&Shape::forward(&g), &x, &gy, &mut again);
+        assert!(
+            got.iter()
+                .zip(&again)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "case {k}"
+        );
     }
 }
 
