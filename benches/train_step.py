@@ -10,7 +10,9 @@ PyTorch runs in this process with `torch.set_num_threads(2)`; amct runs its
 `bench-train` subcommand (its own process, both cores). Same warm-up and iterations.
 
 Needs Debian's python3-torch (`benches/setup_torch.sh`) and a release build of amct.
-Usage: /usr/bin/python3 benches/train_step.py --amct target/release/amct [--iters 5]
+Usage: /usr/bin/python3 benches/train_step.py --amct target/release/amct [--iters 5] [--rounds 5]
+With `--rounds R` the two tools alternate R times (this machine's speed drifts by 10-30%
+from minute to minute) and the table gives each round's ratio and the medians.
 With `--device cuda` (an amct built with `--features cuda`, a CUDA PyTorch) both tools
 train on the GPU instead; PyTorch's steps are timed up to a device synchronisation.
 Prints a markdown table.
@@ -21,6 +23,7 @@ import argparse
 import inspect
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -134,6 +137,8 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="alternate the two tools this many times; the table gives medians")
     args = ap.parse_args()
     if not Path(args.amct).is_file():
         sys.exit(f"no amct binary at {args.amct} (cargo build --release)")
@@ -143,17 +148,23 @@ def main() -> int:
     print(f"device {args.device}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"{os.cpu_count()} CPUs, "
           f"{args.iters} steps after {args.warmup} warm-up\n")
-    print("| model | batch | amct img/s | PyTorch img/s | amct/PyTorch | amct loss first -> last |")
-    print("|---|---:|---:|---:|---:|---|")
+    print("| model | batch | amct img/s | PyTorch img/s | amct/PyTorch per round | amct/PyTorch median | amct loss first -> last |")
+    print("|---|---:|---:|---:|---|---:|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name, build, shape, batch, classes in CASES:
             net = build(classes)
             path = Path(tmp) / (name.split()[0] + ".onnx")
             export(net, shape, path)
-            a = amct_ips(args.amct, path, batch, args.warmup, args.iters, args.device)
-            t = torch_ips(net, shape, batch, classes, args.warmup, args.iters, args.device)
-            print(f"| {name} | {batch} | {a['images_per_s']:.1f} | {t:.1f} | "
-                  f"{a['images_per_s'] / t:.2f} | {a['loss_first']:.3f} -> {a['loss_last']:.3f} |",
+            ours, theirs, first = [], [], None
+            for _ in range(args.rounds):
+                a = amct_ips(args.amct, path, batch, args.warmup, args.iters, args.device)
+                ours.append(a["images_per_s"])
+                theirs.append(torch_ips(net, shape, batch, classes, args.warmup, args.iters, args.device))
+                first = first or a
+            ratios = [o / t for o, t in zip(ours, theirs)]
+            print(f"| {name} | {batch} | {statistics.median(ours):.1f} | {statistics.median(theirs):.1f} | "
+                  f"{', '.join(f'{r:.2f}' for r in ratios)} | {statistics.median(ratios):.2f} | "
+                  f"{first['loss_first']:.3f} -> {first['loss_last']:.3f} |",
                   flush=True)
     return 0
 
