@@ -29,18 +29,21 @@ const COLUMNS_PER_BLOCK: usize = 128;
 /// pay for the transforms.
 const MIN_CHANNELS: usize = 16;
 
-/// Outputs narrower or shorter than this run on im2col: the 2x2 tiles of a 7x7 plane
-/// compute 64 outputs for 49, and the products are too thin (one block of tiles for the
-/// batch) to pay for the weights' transform.
-const MIN_OUT_SIDE: usize = 10;
+/// Multiply-adds a call must save per kernel (input-output channel pair) for the Winograd
+/// path to pay: transforming and packing one kernel's weights costs about 23 ns here, some
+/// 1,300 multiply-adds of the product; twice that as a margin. So a 7x7 plane at batch 8
+/// (its 2x2 tiles compute 64 outputs for 49) stays on im2col, and at batch 32 does not.
+const MIN_SAVED_PER_KERNEL: usize = 2700;
 
 /// Whether a convolution of this geometry runs here: 3x3, stride 1, no dilation, one group,
-/// at least `MIN_CHANNELS` channels in and out and `MIN_OUT_SIDE` outputs each way, on a
-/// CPU that runs `sgemm` (`AMCT_WINOGRAD=0` turns it off).
+/// at least `MIN_CHANNELS` channels in and out, enough outputs to save
+/// `MIN_SAVED_PER_KERNEL`, on a CPU that runs `sgemm` (`AMCT_WINOGRAD=0` turns it off).
 pub(super) fn applies(g: &Geom) -> bool {
+    let (th, tw) = (g.out.0.div_ceil(2), g.out.1.div_ceil(2));
+    let direct = 9 * g.n * g.out.0 * g.out.1;
+    let winograd = POINTS * g.n * th * tw;
     g.k == (3, 3)
-        && g.out.0 >= MIN_OUT_SIDE
-        && g.out.1 >= MIN_OUT_SIDE
+        && direct >= winograd + MIN_SAVED_PER_KERNEL
         && g.s == (1, 1)
         && g.d == (1, 1)
         && g.groups == 1
