@@ -169,6 +169,12 @@ fn image_operand<'a>(
     }
 }
 
+/// A forward whose batch output is at least this large writes it with non-temporal stores
+/// (`Epilogue::stream`): by the time the next layer reads it, it has left the caches anyway.
+/// Measured per node (ResNet-50, MobileNetV2, batch 8): outputs of 6.4 MB and more got
+/// 5-20% faster, outputs of 3.2 MB and less slower.
+const STREAM_OUTPUT_BYTES: usize = 4 << 20;
+
 /// Where one image's forward goes: the (uninitialized) output, the residual added to it and
 /// the activation's bounds.
 type ImageOutput<'a> = (
@@ -199,6 +205,7 @@ pub(super) fn forward_image(
                 rs: p,
             }),
             clamp,
+            stream: g.n * g.cout() * p * 4 >= STREAM_OUTPUT_BYTES,
         };
         let y = yn[grp * m * p..].as_mut_ptr().cast::<f32>();
         let (a, b) = (Lhs::packed(&packed[grp]), image_operand(g, x, &cols, false));

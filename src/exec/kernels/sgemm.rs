@@ -140,6 +140,10 @@ pub(super) struct Epilogue<'a> {
     pub bias: Option<&'a [f32]>,
     pub residual: Option<Residual>,
     pub clamp: Option<(f32, f32)>,
+    /// Write finished tiles past the caches (non-temporal stores, where a tile's rows are
+    /// aligned): for an output too large to stay in cache until it is read, whose stores
+    /// would otherwise first read every line from memory.
+    pub stream: bool,
 }
 
 /// A matrix added to the product, shaped like the destination: row `i` starts at
@@ -156,7 +160,7 @@ unsafe impl Sync for Residual {}
 
 impl<'a> Epilogue<'a> {
     fn is_empty(&self) -> bool {
-        self.bias.is_none() && self.residual.is_none() && self.clamp.is_none()
+        self.bias.is_none() && self.residual.is_none() && self.clamp.is_none() && !self.stream
     }
 
     /// The epilogue of the sub-matrix whose corner is element `(i, j)`.
@@ -345,7 +349,13 @@ unsafe fn serial(dst: Dst, a: Lhs, b: Rhs, (accumulate, epilogue): (bool, Epilog
                 }
             }
         })
-    })
+    });
+    if epilogue.stream {
+        // Non-temporal stores are weakly ordered: make them visible before this thread
+        // reports the product done.
+        #[cfg(target_arch = "x86_64")]
+        std::arch::x86_64::_mm_sfence();
+    }
 }
 
 /// Runs `f` with this thread's packing buffer of at least `len` values (a fresh one if the
@@ -430,6 +440,7 @@ fn tile_store<'a>(
         }),
         residual: e.residual.map(|r| (r.ptr, r.rs)),
         clamp: e.clamp,
+        stream: e.stream && !acc,
     }
 }
 

@@ -24,6 +24,8 @@ pub(super) struct TileStore<'a> {
     pub residual: Option<(*const f32, usize)>,
     /// `(lo, hi)`: `x < lo` becomes `lo`, `x > hi` becomes `hi`, and NaN stays NaN.
     pub clamp: Option<(f32, f32)>,
+    /// Non-temporal stores where the rows are 32-byte aligned (never with `accumulate`).
+    pub stream: bool,
 }
 
 impl TileStore<'_> {
@@ -35,6 +37,7 @@ impl TileStore<'_> {
             bias: None,
             residual: None,
             clamp: None,
+            stream: false,
         }
     }
 }
@@ -70,9 +73,10 @@ pub(super) unsafe fn tile_6x16(
     store: TileStore,
 ) {
     debug_assert!(a.len() >= k * MR && b.len() >= k * NR);
+    let stream = store.stream && !store.accumulate && (c as usize | (ldc * 4)).is_multiple_of(32);
     // The tile of `c` is read or written only after the loop: start fetching it now so that
-    // the cache misses overlap the arithmetic.
-    for i in 0..store.rows {
+    // the cache misses overlap the arithmetic (not when it is streamed: nothing is read).
+    for i in 0..if stream { 0 } else { store.rows } {
         _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc).cast::<i8>());
         _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1).cast::<i8>());
     }
@@ -129,8 +133,17 @@ pub(super) unsafe fn tile_6x16(
     ];
     for (i, (lo, hi)) in rows.into_iter().enumerate().take(store.rows) {
         let row = c.add(i * ldc);
-        _mm256_storeu_ps(row, store.apply256(lo, (row, i, 0)));
-        _mm256_storeu_ps(row.add(8), store.apply256(hi, (row.add(8), i, 8)));
+        let (lo, hi) = (
+            store.apply256(lo, (row, i, 0)),
+            store.apply256(hi, (row.add(8), i, 8)),
+        );
+        if stream {
+            _mm256_stream_ps(row, lo);
+            _mm256_stream_ps(row.add(8), hi);
+        } else {
+            _mm256_storeu_ps(row, lo);
+            _mm256_storeu_ps(row.add(8), hi);
+        }
     }
 }
 

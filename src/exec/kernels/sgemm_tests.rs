@@ -226,13 +226,15 @@ fn sgemm_applies_bias_and_clamp_once_to_every_element() {
     assert!(enabled());
     // Two depth blocks, ragged tiles, full 6x8 tiles, split by rows over threads and not;
     // written over and accumulated into the destination; with and without the clamp and a
-    // residual.
+    // residual; streamed stores (used where the rows are aligned, as in the last case).
     let cases = [
         (13, 37, 700, false),
         (512, 20, 40, true),
         (7, 9, 3, false),
         (12, 8, 5, false),
         (12, 700, 40, true),
+        (12, 64, 40, true),
+        (30, 64, 24, false),
     ];
     for (&(m, n, k, threads), case) in cases.iter().zip(0..) {
         let (accumulate, clamp) = (case % 2 == 1, (case != 2).then_some((-0.5f32, 1.5f32)));
@@ -243,11 +245,13 @@ fn sgemm_applies_bias_and_clamp_once_to_every_element() {
         let before: Vec<f32> = rng.vec(m * n).into_iter().map(|v| v as f32).collect();
         let residual: Vec<f32> = rng.vec(m * n).into_iter().map(|v| v as f32).collect();
         let with_residual = case != 1;
-        let mut dst = if accumulate {
-            before.clone()
-        } else {
-            vec![0f32; m * n]
-        };
+        // The destination at a 32-byte boundary, so that streamed stores can be used.
+        let mut storage = vec![0f32; m * n + 8];
+        let skip = storage.as_ptr().align_offset(32).min(8);
+        let dst = &mut storage[skip..skip + m * n];
+        if accumulate {
+            dst.copy_from_slice(&before);
+        }
         let epilogue = Epilogue {
             bias: Some(&bias),
             residual: with_residual.then_some(Residual {
@@ -255,6 +259,7 @@ fn sgemm_applies_bias_and_clamp_once_to_every_element() {
                 rs: n,
             }),
             clamp,
+            stream: case >= 5,
         };
         let (av, bv) = (view(&a, m, k, false), view(&b, k, n, false));
         // SAFETY: operands built for these shapes; `dst` holds `m x n` values.
