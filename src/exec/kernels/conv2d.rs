@@ -2,11 +2,13 @@
 //! optional fused bias and ReLU / Clip, differentiable in input, weight and bias.
 //!
 //! `x: [N, C_in, H, W]`, `w: [C_out, C_in / groups, KH, KW]`, `b: [C_out]`, asymmetric pads,
-//! per-axis strides and dilations. Each image is unfolded (im2col) into a scratch buffer that
-//! its worker thread reuses, then multiplied by the weight with the `gemm` crate's packed
-//! kernels, writing straight into the NCHW output (`conv2d_gemm`): no layout round trips, and
-//! pointwise convolutions skip im2col. Work is split over images when the batch fills the
-//! thread pool, otherwise inside each matrix product. f32 and f64.
+//! per-axis strides and dilations. In f32, 3x3 stride-1 convolutions with enough work run on
+//! Winograd F(2x2, 3x3) (`conv2d_winograd`: forward and both gradients). The others multiply
+//! each image's im2col rows by the weight (amct's `sgemm` in f32 on AVX2/FMA, generating the
+//! rows as they are packed; the `gemm` crate otherwise), writing straight into the NCHW
+//! output (`conv2d_gemm`): no layout round trips, and pointwise convolutions skip im2col.
+//! Work is split over images when the batch fills the thread pool, otherwise inside each
+//! matrix product. f32 and f64.
 //!
 //! The backward pass is two more custom ops (input gradient: `w^T * gy` folded back by col2im;
 //! weight gradient: `gy * col^T` summed over the batch) plus a sum for the bias. A fused
@@ -15,9 +17,10 @@
 
 use super::contiguous_slice;
 use super::conv2d_gemm::{
-    forward_image, forward_small_images, forward_winograd, grad_w_image, grad_w_winograd,
-    grad_x_image, grad_x_winograd, pack_weights, ConvFloat, Parallelism, Weights,
+    forward_image, forward_small_images, grad_w_image, grad_x_image, pack_weights, ConvFloat,
+    Parallelism, Weights,
 };
+use super::conv2d_winograd::{forward_winograd, grad_w_winograd, grad_x_winograd};
 use candle_core::backend::BackendStorage;
 use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,

@@ -173,7 +173,7 @@ fn matmul_rows<T: WithDType>(
 }
 
 /// The same slice with its element type named `f32`, when `T` is `f32`.
-fn f32_slice<T: WithDType>(s: &[T]) -> Option<&[f32]> {
+pub(super) fn f32_slice<T: WithDType>(s: &[T]) -> Option<&[f32]> {
     if T::DTYPE != candle_core::DType::F32 {
         return None;
     }
@@ -182,7 +182,7 @@ fn f32_slice<T: WithDType>(s: &[T]) -> Option<&[f32]> {
 }
 
 /// The same mutable slice with its element type named `f32`, when `T` is `f32`.
-fn f32_slice_mut<T: WithDType>(s: &mut [T]) -> Option<&mut [f32]> {
+pub(super) fn f32_slice_mut<T: WithDType>(s: &mut [T]) -> Option<&mut [f32]> {
     if T::DTYPE != candle_core::DType::F32 {
         return None;
     }
@@ -351,7 +351,7 @@ fn columns<'a, T: WithDType>(
 }
 
 /// The `(lo, hi)` clamp of a fused activation (`None` when there is nothing to clamp).
-fn bounds<T: WithDType>(act: FusedActivation) -> Option<(T, T)> {
+pub(super) fn bounds<T: WithDType>(act: FusedActivation) -> Option<(T, T)> {
     if act == FusedActivation::None {
         return None;
     }
@@ -470,67 +470,6 @@ pub(super) fn forward_small_images<T: WithDType>(
     let y32 = unsafe { &mut *(y as *mut [MaybeUninit<T>] as *mut [MaybeUninit<f32>]) };
     let operands = (x32, packed, bias.and_then(f32_slice));
     forward_batch(g, operands, (y32, residual.and_then(f32_slice), clamp));
-    true
-}
-
-/// The forward of the whole batch on Winograd F(2x2, 3x3) (`winograd::applies`) when `T`
-/// is `f32`; `false` (and nothing written) otherwise.
-pub(super) fn forward_winograd<T: WithDType>(
-    g: &Geom,
-    (x, w, bias): (&[T], &[T], Option<&[T]>),
-    (y, residual, act): (&mut [MaybeUninit<T>], Option<&[T]>, FusedActivation),
-) -> bool {
-    use super::winograd::{applies, convolve, Finish, Shape, TransformedWeights};
-    let (Some(x32), Some(w32)) = (f32_slice(x), f32_slice(w)) else {
-        return false;
-    };
-    if !applies(g) {
-        return false;
-    }
-    let weights = TransformedWeights::forward(w32, (g.cout_g, g.cin_g));
-    // SAFETY: `T` is `f32` (its slice converted), so this is the same memory retyped.
-    let y32 = unsafe { &mut *(y as *mut [MaybeUninit<T>] as *mut [MaybeUninit<f32>]) };
-    let finish = Finish {
-        bias: bias.and_then(f32_slice),
-        residual: residual.and_then(f32_slice),
-        clamp: bounds::<f32>(act),
-    };
-    convolve(&Shape::forward(g), (x32, &weights), y32, finish);
-    true
-}
-
-/// The input gradient of the whole batch on Winograd F(2x2, 3x3)
-/// (`winograd::applies_to_grad_x`) when `T` is `f32`, every element of `dx` written;
-/// `false` (and nothing written) otherwise.
-pub(super) fn grad_x_winograd<T: WithDType>(g: &Geom, (gy, w): (&[T], &[T]), dx: &mut [T]) -> bool {
-    use super::winograd::{applies_to_grad_x, convolve, Finish, Shape, TransformedWeights};
-    let (Some(gy32), Some(w32)) = (f32_slice(gy), f32_slice(w)) else {
-        return false;
-    };
-    if !applies_to_grad_x(g) {
-        return false;
-    }
-    let weights = TransformedWeights::grad_x(w32, (g.cout_g, g.cin_g));
-    // SAFETY: `T` is `f32` (its slice converted); initialized values viewed as possibly
-    // uninitialized ones, all overwritten.
-    let dx32 = unsafe { &mut *(dx as *mut [T] as *mut [MaybeUninit<f32>]) };
-    convolve(&Shape::grad_x(g), (gy32, &weights), dx32, Finish::default());
-    true
-}
-
-/// The weight gradient of the whole batch on Winograd F(2x2, 3x3) (`winograd::applies`)
-/// when `T` is `f32`, every element of `dw` written; `false` (and nothing written)
-/// otherwise.
-pub(super) fn grad_w_winograd<T: WithDType>(g: &Geom, (x, gy): (&[T], &[T]), dw: &mut [T]) -> bool {
-    let (Some(x32), Some(gy32), Some(dw32)) = (f32_slice(x), f32_slice(gy), f32_slice_mut(dw))
-    else {
-        return false;
-    };
-    if !super::winograd::applies(g) {
-        return false;
-    }
-    let shape = super::winograd::Shape::forward(g);
-    super::winograd_grad_w::grad_w(&shape, x32, gy32, dw32);
     true
 }
 

@@ -189,7 +189,7 @@ fn a_batch_gives_each_image_the_values_it_gets_alone() -> Res {
     // image by image; either way an image's output does not depend on its batch, bit for
     // bit. Only where the batch takes the Winograd path and one image does not (the batch
     // pays for the weights' transform, one image would not) do they differ, by rounding.
-    use crate::exec::kernels::winograd::applies;
+    use crate::exec::kernels::conv2d_winograd::winograd_applies as applies;
     for (k, case) in grid().iter().enumerate() {
         let (x, w, b) = tensors(case, DType::F32, 70 + k as u64)?;
         let prm = Conv2dParams {

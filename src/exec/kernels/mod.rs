@@ -24,6 +24,7 @@ pub mod batch_norm;
 pub mod conv2d;
 mod conv2d_gemm;
 mod conv2d_sgemm;
+mod conv2d_winograd;
 pub mod depthwise;
 pub mod fake_quant;
 pub mod pool2d;
@@ -35,9 +36,11 @@ mod sgemm_pack;
 mod sgemm_tests;
 #[cfg(test)]
 mod test_util;
+#[cfg(target_arch = "x86_64")]
 mod winograd;
+#[cfg(target_arch = "x86_64")]
 mod winograd_grad_w;
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod winograd_tests;
 
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Tensor, WithDType};

@@ -141,8 +141,9 @@ pub(super) struct Epilogue<'a> {
     pub residual: Option<Residual>,
     pub clamp: Option<(f32, f32)>,
     /// Write finished tiles past the caches (non-temporal stores, where a tile's rows are
-    /// aligned): for an output too large to stay in cache until it is read, whose stores
-    /// would otherwise first read every line from memory.
+    /// 32-byte aligned): for an output too large to stay in cache until it is read, whose
+    /// stores would otherwise first read every line from memory. Only products of one depth
+    /// block (depth at most `KC`) stream: deeper ones read their tiles back.
     pub stream: bool,
 }
 

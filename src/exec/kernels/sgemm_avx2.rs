@@ -11,7 +11,8 @@ pub(super) const NR: usize = 16;
 
 /// How a tile is written when its products are summed: added to what `c` holds or written
 /// over it, then (for the last depth block of a product with an epilogue) plus a bias per
-/// row and clamped, all while the tile is still in registers.
+/// row and a residual, and clamped, all while the tile is still in registers; full 6x16
+/// tiles written over `c` may bypass the caches (`stream`).
 #[derive(Clone, Copy)]
 pub(super) struct TileStore<'a> {
     /// The rows of the tile that exist in `c` (the others, of zero rows of `A`'s last
@@ -224,7 +225,7 @@ macro_rules! narrow_tile {
                 pa = pa.add(MR);
                 pb = pb.add(NR);
             }
-                    for (i, row) in acc.into_iter().enumerate().take(store.rows) {
+            for (i, row) in acc.into_iter().enumerate().take(store.rows) {
                 let out = c.add(i * ldc);
                 $store(out, store.$apply(row, (out, i, 0)));
             }

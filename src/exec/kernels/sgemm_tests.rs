@@ -234,7 +234,9 @@ fn sgemm_applies_bias_and_clamp_once_to_every_element() {
         (12, 8, 5, false),
         (12, 700, 40, true),
         (12, 64, 40, true),
-        (30, 64, 24, false),
+        (60, 512, 24, true), // streamed by two threads (split by columns)
+        (9, 16, 8, false),
+        (30, 64, 24, false), // streamed on one thread
     ];
     for (&(m, n, k, threads), case) in cases.iter().zip(0..) {
         let (accumulate, clamp) = (case % 2 == 1, (case != 2).then_some((-0.5f32, 1.5f32)));

@@ -2,8 +2,8 @@
 //! transformed input tiles and `dM = A dY At` the transformed output-gradient tiles, the
 //! gradient of the transformed weights is `dU[t] = sum over tiles dM[t] V[t]^T` (16 products
 //! of depth "tiles", 2.25x fewer multiplications than the im2col product), and the weights'
-//! is `dW = Gt^T dU Gt` per kernel. Each thread sums a fixed run of blocks, and the partial
-//! sums are added in order: the same bits on every run.
+//! is `dW = G^T dU G` per kernel. Each thread sums a fixed run of blocks, and the partial
+//! sums are added in order: the same bits on every run with the same number of threads.
 
 use super::conv2d_gemm::MatRef;
 use super::sgemm::{sgemm, with_buffer, Epilogue, Lhs};
