@@ -435,28 +435,31 @@ impl ConvOp {
         Ok((storage, g.y_shape()))
     }
 
+    /// The gradients of the input and the weight (each only where that operand takes part
+    /// in the graph being differentiated: not the input images of a network's first
+    /// convolution, not frozen weights) and the output gradient after the activation.
     fn grads(
         &self,
         x: &Tensor,
         w: &Tensor,
         y: &Tensor,
         gy: &Tensor,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Tensor)> {
         let gy = super::mask_by_activation(self.p.activation, y, gy)?;
-        let dx = gy.apply_op2(
-            w,
-            GradX {
-                p: self.p,
-                x: dims4(x)?,
-            },
-        )?;
-        let dw = x.apply_op2(
-            &gy,
-            GradW {
-                p: self.p,
-                w: dims4(w)?,
-            },
-        )?;
+        let dx = x
+            .track_op()
+            .then(|| {
+                let p = self.p;
+                gy.apply_op2(w, GradX { p, x: dims4(x)? })
+            })
+            .transpose()?;
+        let dw = w
+            .track_op()
+            .then(|| {
+                let p = self.p;
+                x.apply_op2(&gy, GradW { p, w: dims4(w)? })
+            })
+            .transpose()?;
         Ok((dx, dw, gy))
     }
 }
@@ -484,7 +487,7 @@ impl CustomOp2 for ConvOp {
         gy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, _) = self.grads(x, w, y, gy)?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, dw))
     }
 }
 
@@ -509,13 +512,13 @@ impl CustomOp3 for ConvOp {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         y: &Tensor,
         gy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, gy) = self.grads(x, w, y, gy)?;
-        let db = gy.sum((0, 2, 3))?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        let db = b.track_op().then(|| gy.sum((0, 2, 3))).transpose()?;
+        Ok((dx, dw, db))
     }
 }
 

@@ -378,3 +378,30 @@ fn rejects_bad_arguments() -> Res {
     assert!(conv2d(&xi, &w(4, 4, 3)?.to_dtype(DType::U8)?, None, &ok).is_err());
     Ok(())
 }
+
+#[test]
+fn backward_skips_operands_outside_the_graph() -> Res {
+    // The input images of a first convolution are no variable: no input gradient is computed
+    // for them, and the weight's is the same as when the input is a variable.
+    let case = &grid()[0];
+    let (x, w, b) = tensors(case, DType::F32, 400)?;
+    let (wv, bv) = (Var::from_tensor(&w)?, Var::from_tensor(&b)?);
+    let loss =
+        |x: &Tensor| -> Result<Tensor> { conv2d(x, &wv, Some(&bv), &case.4)?.sqr()?.sum_all() };
+    let plain = loss(&x)?.backward()?;
+    assert!(plain.get(&x).is_none(), "no gradient for a constant input");
+    let xv = Var::from_tensor(&x)?;
+    let tracked = loss(&xv)?.backward()?;
+    assert!(tracked.get(&xv).is_some());
+    for v in [wv.as_tensor(), bv.as_tensor()] {
+        let (a, e) = (plain.get(v).expect("grad"), tracked.get(v).expect("grad"));
+        assert_eq!(rel_diff(a, e)?, 0.0);
+    }
+    // A frozen (constant) weight gets no gradient either; the input still does.
+    let frozen = conv2d(&xv, &w, None, &case.4)?
+        .sqr()?
+        .sum_all()?
+        .backward()?;
+    assert!(frozen.get(&w).is_none() && frozen.get(&xv).is_some());
+    Ok(())
+}
