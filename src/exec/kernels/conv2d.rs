@@ -303,10 +303,15 @@ fn fwd<T: ConvFloat>(
 
 fn grad_x<T: ConvFloat>(g: &Geom, gy: &[T], w: &[T]) -> Vec<T> {
     let (xl, yl) = (g.x_len(), g.y_len());
-    let mut dx = vec![T::zero(); g.n * xl];
-    if grad_x_winograd(g, (gy, w), &mut dx) {
+    let len = g.n * xl;
+    let mut dx = Vec::with_capacity(len);
+    if grad_x_winograd(g, (gy, w), &mut dx.spare_capacity_mut()[..len]) {
+        // SAFETY: `grad_x_winograd` wrote every element of the batch.
+        unsafe { dx.set_len(len) };
         return dx;
     }
+    // The im2col path adds each image's columns into zeros.
+    dx.resize(len, T::zero());
     let packed = pack_weights(g, w, true);
     let w = Weights {
         data: w,

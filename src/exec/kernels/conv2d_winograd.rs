@@ -52,7 +52,11 @@ pub(super) fn forward_winograd<T: WithDType>(
 /// (`winograd::applies_to_grad_x`) when `T` is `f32`, every element of `dx` written;
 /// `false` (and nothing written) otherwise.
 #[cfg(target_arch = "x86_64")]
-pub(super) fn grad_x_winograd<T: WithDType>(g: &Geom, (gy, w): (&[T], &[T]), dx: &mut [T]) -> bool {
+pub(super) fn grad_x_winograd<T: WithDType>(
+    g: &Geom,
+    (gy, w): (&[T], &[T]),
+    dx: &mut [MaybeUninit<T>],
+) -> bool {
     let (Some(gy32), Some(w32)) = (f32_slice(gy), f32_slice(w)) else {
         return false;
     };
@@ -60,9 +64,8 @@ pub(super) fn grad_x_winograd<T: WithDType>(g: &Geom, (gy, w): (&[T], &[T]), dx:
         return false;
     }
     let weights = TransformedWeights::grad_x(w32, (g.cout_g, g.cin_g));
-    // SAFETY: `T` is `f32` (its slice converted); initialized values viewed as possibly
-    // uninitialized ones, all overwritten.
-    let dx32 = unsafe { &mut *(dx as *mut [T] as *mut [MaybeUninit<f32>]) };
+    // SAFETY: `T` is `f32` (its slice converted), so this is the same memory retyped.
+    let dx32 = unsafe { &mut *(dx as *mut [MaybeUninit<T>] as *mut [MaybeUninit<f32>]) };
     convolve(&Shape::grad_x(g), (gy32, &weights), dx32, Finish::default());
     true
 }
@@ -104,7 +107,7 @@ mod off_x86 {
     pub(in super::super) fn grad_x_winograd<T: WithDType>(
         _: &Geom,
         _: (&[T], &[T]),
-        _: &mut [T],
+        _: &mut [MaybeUninit<T>],
     ) -> bool {
         false
     }
