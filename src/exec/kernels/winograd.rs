@@ -390,7 +390,7 @@ pub(super) unsafe fn transform_inputs(
 }
 
 /// `e[k] = row[2k - pad]`, `o[k] = row[2k + 1 - pad]`, zero outside the row.
-fn split_columns(row: &[f32], pad: usize, e: &mut [f32], o: &mut [f32]) {
+pub(super) fn split_columns(row: &[f32], pad: usize, e: &mut [f32], o: &mut [f32]) {
     e.fill(0.0);
     o.fill(0.0);
     // Columns `first, first + 1` of the row pair up as `e[k], o[k]` from `k = k0` on.

@@ -8,7 +8,9 @@
 use super::conv2d_gemm::MatRef;
 use super::sgemm::{sgemm, with_buffer, Epilogue, Lhs};
 use super::sgemm_pack::Rhs;
-use super::winograd::{four_rows, split_rows, transform_inputs, Shape, INPUTS, POINTS, ROWS};
+use super::winograd::{
+    four_rows, split_columns, split_rows, transform_inputs, Shape, INPUTS, POINTS, ROWS,
+};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -120,19 +122,12 @@ unsafe fn transform_output_gradients(
             let image = &plane[b * s.cout * oh * ow..];
             for (dy, (e, o)) in [(0, (&mut *e0, &mut *o0)), (1, (&mut *e1, &mut *o1))] {
                 let (e, o) = (&mut e[at * cols..][..cols], &mut o[at * cols..][..cols]);
-                e.fill(0.0);
-                o.fill(0.0);
-                let oy = 2 * ty + dy;
-                if oy >= oh {
-                    continue;
-                }
-                let row = &image[oy * ow..][..ow];
-                for ((ev, ov), pair) in e.iter_mut().zip(o.iter_mut()).zip(row.chunks_exact(2)) {
-                    *ev = pair[0];
-                    *ov = pair[1];
-                }
-                if ow % 2 == 1 {
-                    e[ow / 2] = row[ow - 1];
+                match Some(2 * ty + dy).filter(|&oy| oy < oh) {
+                    Some(oy) => split_columns(&image[oy * ow..][..ow], 0, e, o),
+                    None => {
+                        e.fill(0.0);
+                        o.fill(0.0);
+                    }
                 }
             }
         }

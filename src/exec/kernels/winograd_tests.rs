@@ -27,32 +27,38 @@ fn random(seed: u64, n: usize) -> Vec<f32> {
     Lcg(seed).vec(n).iter().map(|&v| v as f32).collect()
 }
 
-/// `y[n, o, oy, ox] = sum x[n, i, oy + a - pt, ox + b - pl] w[o, i, a, b]` in f64.
-fn reference(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f64> {
+/// Calls `visit(y_index, x_index, w_index)` for every product of the direct convolution
+/// `y[n, o, oy, ox] += x[n, i, oy + a - pt, ox + b - pl] w[o, i, a, b]` (taps that fall in
+/// the padding skipped), each output's products in a row.
+fn for_each_product(g: &Geom, mut visit: impl FnMut(usize, usize, usize)) {
     let ((h, wd), (oh, ow), (cin, cout)) = (g.inp, g.out, (g.cin_g, g.cout_g));
-    let mut y = vec![0f64; g.n * cout * oh * ow];
     for n in 0..g.n {
         for o in 0..cout {
             for oy in 0..oh {
                 for ox in 0..ow {
-                    let mut acc = 0f64;
+                    let yi = ((n * cout + o) * oh + oy) * ow + ox;
                     for i in 0..cin {
                         for a in 0..3 {
                             for b in 0..3 {
                                 let iy = (oy + a).checked_sub(g.pads[0]).filter(|&v| v < h);
                                 let ix = (ox + b).checked_sub(g.pads[1]).filter(|&v| v < wd);
                                 if let (Some(iy), Some(ix)) = (iy, ix) {
-                                    let xv = x[((n * cin + i) * h + iy) * wd + ix] as f64;
-                                    acc += xv * w[((o * cin + i) * 3 + a) * 3 + b] as f64;
+                                    let xi = ((n * cin + i) * h + iy) * wd + ix;
+                                    visit(yi, xi, ((o * cin + i) * 3 + a) * 3 + b);
                                 }
                             }
                         }
                     }
-                    y[((n * cout + o) * oh + oy) * ow + ox] = acc;
                 }
             }
         }
     }
+}
+
+/// The convolution's output, in f64.
+fn reference(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f64> {
+    let mut y = vec![0f64; g.n * g.cout_g * g.out.0 * g.out.1];
+    for_each_product(g, |yi, xi, wi| y[yi] += x[xi] as f64 * w[wi] as f64);
     y
 }
 
@@ -149,31 +155,10 @@ fn epilogue_adds_bias_and_residual_then_clamps() {
     );
 }
 
-/// `dx[n, i, iy, ix] = sum gy[n, o, iy + pt - a, ix + pl - b] w[o, i, a, b]` in f64.
+/// The input gradient of the convolution for output gradient `gy`, in f64.
 fn reference_grad_x(g: &Geom, gy: &[f32], w: &[f32]) -> Vec<f64> {
-    let ((h, wd), (oh, ow), (cin, cout)) = (g.inp, g.out, (g.cin_g, g.cout_g));
-    let mut dx = vec![0f64; g.n * cin * h * wd];
-    for n in 0..g.n {
-        for o in 0..cout {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let gv = gy[((n * cout + o) * oh + oy) * ow + ox] as f64;
-                    for i in 0..cin {
-                        for a in 0..3 {
-                            for b in 0..3 {
-                                let iy = (oy + a).checked_sub(g.pads[0]).filter(|&v| v < h);
-                                let ix = (ox + b).checked_sub(g.pads[1]).filter(|&v| v < wd);
-                                if let (Some(iy), Some(ix)) = (iy, ix) {
-                                    let wv = w[((o * cin + i) * 3 + a) * 3 + b] as f64;
-                                    dx[((n * cin + i) * h + iy) * wd + ix] += gv * wv;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    let mut dx = vec![0f64; g.n * g.cin_g * g.inp.0 * g.inp.1];
+    for_each_product(g, |yi, xi, wi| dx[xi] += gy[yi] as f64 * w[wi] as f64);
     dx
 }
 
@@ -191,31 +176,10 @@ fn input_gradient_matches_the_direct_one() {
     }
 }
 
-/// `dw[o, i, a, b] = sum gy[n, o, oy, ox] x[n, i, oy + a - pt, ox + b - pl]` in f64.
+/// The weight gradient of the convolution of `x` for output gradient `gy`, in f64.
 fn reference_grad_w(g: &Geom, x: &[f32], gy: &[f32]) -> Vec<f64> {
-    let ((h, wd), (oh, ow), (cin, cout)) = (g.inp, g.out, (g.cin_g, g.cout_g));
-    let mut dw = vec![0f64; cout * cin * 9];
-    for n in 0..g.n {
-        for o in 0..cout {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let gv = gy[((n * cout + o) * oh + oy) * ow + ox] as f64;
-                    for i in 0..cin {
-                        for a in 0..3 {
-                            for b in 0..3 {
-                                let iy = (oy + a).checked_sub(g.pads[0]).filter(|&v| v < h);
-                                let ix = (ox + b).checked_sub(g.pads[1]).filter(|&v| v < wd);
-                                if let (Some(iy), Some(ix)) = (iy, ix) {
-                                    let xv = x[((n * cin + i) * h + iy) * wd + ix] as f64;
-                                    dw[((o * cin + i) * 3 + a) * 3 + b] += gv * xv;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    let mut dw = vec![0f64; g.cout_g * g.cin_g * 9];
+    for_each_product(g, |yi, xi, wi| dw[wi] += gy[yi] as f64 * x[xi] as f64);
     dw
 }
 
