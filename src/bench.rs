@@ -124,15 +124,19 @@ pub fn bench_train(model: &Model, t: Timing, device: &Device, lr: f64) -> Result
     }
     let start = Instant::now();
     let mut last = 0.0;
+    let mut step_seconds = Vec::with_capacity(t.iters);
     for _ in 0..t.iters {
+        let step_start = Instant::now();
         last = step()?;
+        step_seconds.push(step_start.elapsed().as_secs_f64());
         first.get_or_insert(last);
     }
     let secs = start.elapsed().as_secs_f64();
     let images = (t.iters * t.batch) as f64;
     Ok(serde_json::json!({
         "images_per_s": images / secs, "seconds": secs, "iters": t.iters, "batch": t.batch,
-        "params": params.len(), "loss_first": first, "loss_last": last
+        "params": params.len(), "loss_first": first, "loss_last": last,
+        "step_seconds": step_seconds
     })
     .to_string())
 }

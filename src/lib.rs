@@ -20,3 +20,9 @@ pub mod report;
 pub mod scheduler;
 pub mod stages;
 pub mod train;
+
+/// The library's unit tests allocate as the binary does (`main.rs`), so that the timing
+/// probes among them measure what a run sees.
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

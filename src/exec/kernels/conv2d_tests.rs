@@ -405,3 +405,68 @@ fn backward_skips_operands_outside_the_graph() -> Res {
     assert!(frozen.get(&w).is_none() && frozen.get(&xv).is_some());
     Ok(())
 }
+
+/// Times the forward and both gradients of every convolution shape of the ResNet-18 training
+/// benchmark (batch 32 at 112x112), with and without Winograd, alone (it sets
+/// `AMCT_WINOGRAD`, which other tests read):
+/// `cargo test --release --lib resnet18_layer_times -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn resnet18_layer_times() {
+    use std::time::Instant;
+    // The binary's allocator settings (run alone, so no other test thread allocates yet).
+    crate::process_tuning::tune_process();
+    // (C_in, C_out, input side, kernel, stride, pad, count in the network)
+    let shapes = [
+        (3, 64, 112, 7, 2, 3, 1),
+        (64, 64, 28, 3, 1, 1, 4),
+        (64, 128, 28, 3, 2, 1, 1),
+        (64, 128, 28, 1, 2, 0, 1),
+        (128, 128, 14, 3, 1, 1, 3),
+        (128, 256, 14, 3, 2, 1, 1),
+        (128, 256, 14, 1, 2, 0, 1),
+        (256, 256, 7, 3, 1, 1, 3),
+        (256, 512, 7, 3, 2, 1, 1),
+        (256, 512, 7, 1, 2, 0, 1),
+        (512, 512, 4, 3, 1, 1, 3),
+    ];
+    let n = 32;
+    let mut totals = [0f64; 3];
+    for (cin, cout, side, k, s, pad, count) in shapes {
+        let prm = p([s, s], [1, 1], [pad; 4], 1);
+        let g = Geom::new(&prm, &[n, cin, side, side], &[cout, cin, k, k]).unwrap();
+        let mut rng = Lcg(7);
+        let mut random = |len| -> Vec<f32> { rng.vec(len).iter().map(|&v| v as f32).collect() };
+        let x = random(n * cin * side * side);
+        let w = random(cout * cin * k * k);
+        let gy = random(n * cout * g.out_plane());
+        let best = |f: &mut dyn FnMut()| {
+            (0..4)
+                .map(|_| {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .fold(f64::MAX, f64::min)
+        };
+        let mut line = format!("{cin:>3}->{cout:<3} {side:>3}x{side:<3} k{k} s{s} x{count}:");
+        for wino in ["0", "1"] {
+            std::env::set_var("AMCT_WINOGRAD", wino);
+            let f = best(&mut || drop(fwd(&g, (FusedActivation::None, None), &x, &w, None)));
+            let dx = best(&mut || drop(grad_x(&g, &gy, &w)));
+            let dw = best(&mut || drop(grad_w(&g, &x, &gy)));
+            line += &format!("  wino={wino}: fwd {f:6.1} dx {dx:6.1} dw {dw:6.1}");
+            if wino == "1" {
+                for (t, v) in totals.iter_mut().zip([f, dx, dw]) {
+                    *t += v * count as f64;
+                }
+            }
+        }
+        std::env::remove_var("AMCT_WINOGRAD");
+        println!("{line}");
+    }
+    println!(
+        "network (default path): fwd {:.0} ms, dx {:.0} ms, dw {:.0} ms",
+        totals[0], totals[1], totals[2]
+    );
+}

@@ -138,17 +138,22 @@ impl TransformedWeights {
         (cout, cin): (usize, usize),
         kernel: impl Fn(usize, usize) -> [f32; 9] + Sync,
     ) -> Self {
-        // `u[o][e][i]`: each task transforms whole output channels.
-        let mut u = vec![0f32; POINTS * cout * cin];
-        u.par_chunks_mut(POINTS * cin)
+        // `u[o][e][i]`: each task transforms whole output channels, writing every element
+        // (so no zero fill first).
+        let len = POINTS * cout * cin;
+        let mut u = Vec::with_capacity(len);
+        u.spare_capacity_mut()[..len]
+            .par_chunks_mut(POINTS * cin)
             .enumerate()
             .for_each(|(o, rows)| {
                 for i in 0..cin {
                     for (e, v) in transform_kernel(&kernel(o, i)).into_iter().enumerate() {
-                        rows[e * cin + i] = v;
+                        rows[e * cin + i] = MaybeUninit::new(v);
                     }
                 }
             });
+        // SAFETY: the chunks cover `..len`, and each writes all of its `16 * cin` elements.
+        unsafe { u.set_len(len) };
         // Matrix `e` is `cout x cin` with row stride `16 cin`.
         let packed = (0..POINTS)
             .into_par_iter()
@@ -389,25 +394,34 @@ pub(super) unsafe fn transform_inputs(
     }
 }
 
-/// `e[k] = row[2k - pad]`, `o[k] = row[2k + 1 - pad]`, zero outside the row.
+/// `e[k] = row[2k - pad]`, `o[k] = row[2k + 1 - pad]`, zero outside the row; each element
+/// written once (these rows are short: a zero fill first would be a `memset` call each).
+#[inline(always)]
 pub(super) fn split_columns(row: &[f32], pad: usize, e: &mut [f32], o: &mut [f32]) {
-    e.fill(0.0);
-    o.fill(0.0);
-    // Columns `first, first + 1` of the row pair up as `e[k], o[k]` from `k = k0` on.
-    let first = (pad % 2).min(row.len());
-    let k0 = ((pad + first) / 2).min(e.len());
-    if pad % 2 == 1 && k0 >= 1 && !row.is_empty() {
-        o[k0 - 1] = row[0];
+    let n = e.len().min(o.len());
+    let at = |i: usize| -> f32 {
+        match i.checked_sub(pad) {
+            Some(j) if j < row.len() => row[j],
+            _ => 0.0,
+        }
+    };
+    // Interior `lo..hi`: both columns of the pair inside the row.
+    let lo = pad.div_ceil(2).min(n);
+    let hi = match (row.len() + pad).checked_sub(2) {
+        Some(last) => (last / 2 + 1).clamp(lo, n),
+        None => lo,
+    };
+    for k in (0..lo).chain(hi..n) {
+        e[k] = at(2 * k);
+        o[k] = at(2 * k + 1);
     }
-    let pairs = row[first..].chunks_exact(2);
-    let (count, rest) = (pairs.len(), pairs.remainder());
-    let (e, o) = (&mut e[k0..], &mut o[k0..]);
-    for ((ev, ov), pair) in e.iter_mut().zip(o.iter_mut()).zip(pairs) {
-        *ev = pair[0];
-        *ov = pair[1];
-    }
-    if let (&[last], Some(slot)) = (rest, e.get_mut(count)) {
-        *slot = last;
+    if hi > lo {
+        let first = 2 * lo - pad;
+        let pairs = row[first..first + 2 * (hi - lo)].chunks_exact(2);
+        for ((ev, ov), pair) in e[lo..hi].iter_mut().zip(&mut o[lo..hi]).zip(pairs) {
+            *ev = pair[0];
+            *ov = pair[1];
+        }
     }
 }
 

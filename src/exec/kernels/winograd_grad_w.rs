@@ -13,6 +13,7 @@ use super::winograd::{
 };
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 /// Tile columns per block (whole tile rows): a deep product per block.
 const COLUMNS_PER_BLOCK: usize = 512;
@@ -34,21 +35,33 @@ pub(super) fn grad_w(s: &Shape, x: &[f32], gy: &[f32], dw: &mut [f32]) {
     let per_block = (COLUMNS_PER_BLOCK / (tw + 1)).max(1);
     // Thread `t` sums tile rows `t * per_thread ..` in blocks of `per_block`.
     let per_thread = tile_rows.div_ceil(threads);
+    let len = POINTS * cout * cin;
     let partials: Vec<Vec<f32>> = (0..threads)
         .into_par_iter()
-        .map(|t| {
-            let mut du = vec![0f32; POINTS * cout * cin];
-            let end = ((t + 1) * per_thread).min(tile_rows);
-            for r0 in (t * per_thread..end).step_by(per_block) {
-                block(s, (x, gy), r0..(r0 + per_block).min(end), &mut du);
+        .filter_map(|t| {
+            let rows = t * per_thread..((t + 1) * per_thread).min(tile_rows);
+            if rows.is_empty() {
+                return None;
             }
-            du
+            // Not zero-filled: the first block writes every element, the others add.
+            let mut du = Vec::with_capacity(len);
+            for (i, r0) in rows.clone().step_by(per_block).enumerate() {
+                let block_rows = r0..(r0 + per_block).min(rows.end);
+                block(
+                    s,
+                    (x, gy),
+                    block_rows,
+                    &mut du.spare_capacity_mut()[..len],
+                    i > 0,
+                );
+            }
+            // SAFETY: the first block wrote all `len` elements.
+            unsafe { du.set_len(len) };
+            Some(du)
         })
         .collect();
     let mut parts = partials.into_iter();
-    let mut du = parts
-        .next()
-        .unwrap_or_else(|| vec![0f32; POINTS * cout * cin]);
+    let mut du = parts.next().unwrap_or_else(|| vec![0f32; len]);
     for part in parts {
         du.iter_mut().zip(&part).for_each(|(a, b)| *a += *b);
     }
@@ -61,8 +74,15 @@ pub(super) fn grad_w(s: &Shape, x: &[f32], gy: &[f32], dw: &mut [f32]) {
     }
 }
 
-/// Adds the block's `dU[t] += dM[t] V[t]^T` into `du[16][cout][cin]`.
-fn block(s: &Shape, (x, gy): (&[f32], &[f32]), rows: std::ops::Range<usize>, du: &mut [f32]) {
+/// Writes the block's `dU[t] = dM[t] V[t]^T` into `du[16][cout][cin]`, or adds it with
+/// `accumulate` (`du` then initialized).
+fn block(
+    s: &Shape,
+    (x, gy): (&[f32], &[f32]),
+    rows: std::ops::Range<usize>,
+    du: &mut [MaybeUninit<f32>],
+    accumulate: bool,
+) {
     let (_, tw) = s.tiles();
     let nb = rows.len() * (tw + 1);
     let (cin, cout) = (s.cin, s.cout);
@@ -79,16 +99,19 @@ fn block(s: &Shape, (x, gy): (&[f32], &[f32]), rows: std::ops::Range<usize>, du:
             for e in 0..POINTS {
                 let a = MatRef::rows(&dm[e * cout * nb..][..cout * nb], cout, nb);
                 let b = MatRef::transposed(&v[e * cin * nb..][..cin * nb], nb, cin);
-                let dst = du[e * cout * cin..][..cout * cin].as_mut_ptr();
-                // SAFETY: `dst` is the `cout x cin` matrix `e` of `du`, a unique borrow; `a`
-                // is `cout x nb` and `b` is `nb x cin`.
+                let dst = du[e * cout * cin..][..cout * cin]
+                    .as_mut_ptr()
+                    .cast::<f32>();
+                // SAFETY: `dst` is the `cout x cin` matrix `e` of `du`, a unique borrow,
+                // written in full without `accumulate` and initialized with it; `a` is
+                // `cout x nb` and `b` is `nb x cin`.
                 unsafe {
                     sgemm(
                         dst,
                         cin,
                         Lhs::View(a),
                         Rhs::View(b),
-                        true,
+                        accumulate,
                         false,
                         Epilogue::default(),
                     )

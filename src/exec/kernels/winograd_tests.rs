@@ -4,7 +4,9 @@
 
 use super::conv2d::{Conv2dParams, FusedActivation, Geom};
 use super::test_util::Lcg;
-use super::winograd::{applies, applies_to_grad_x, convolve, Finish, Shape, TransformedWeights};
+use super::winograd::{
+    applies, applies_to_grad_x, convolve, split_columns, Finish, Shape, TransformedWeights,
+};
 use super::winograd_grad_w::grad_w;
 use std::mem::MaybeUninit;
 
@@ -203,6 +205,29 @@ fn weight_gradient_matches_the_direct_one() {
                 .all(|(a, b)| a.to_bits() == b.to_bits()),
             "case {k}"
         );
+    }
+}
+
+#[test]
+fn split_columns_pairs_even_and_odd_columns_with_zeros_outside_the_row() {
+    for len in 0..9 {
+        let row: Vec<f32> = (1..=len).map(|v| v as f32).collect();
+        for pad in 0..4 {
+            for n in 0..8 {
+                // Stale values in the outputs: every element must be written.
+                let (mut e, mut o) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+                split_columns(&row, pad, &mut e, &mut o);
+                let at = |i: usize| i.checked_sub(pad).and_then(|j| row.get(j)).copied();
+                for k in 0..n {
+                    assert_eq!(e[k], at(2 * k).unwrap_or(0.0), "len {len} pad {pad} e[{k}]");
+                    assert_eq!(
+                        o[k],
+                        at(2 * k + 1).unwrap_or(0.0),
+                        "len {len} pad {pad} o[{k}]"
+                    );
+                }
+            }
+        }
     }
 }
 
