@@ -130,27 +130,30 @@ pub(super) fn forward_batch(
     let image_len = g.groups * m * p;
     assert!(y.len() >= n * image_len && packed.len() == g.groups);
     assert!(residual.is_none_or(|r| r.len() >= n * image_len));
-    let mut product = vec![0f32; m * n * p];
-    for (grp, weights) in packed.iter().enumerate() {
-        let cols = BatchCols { g, x, group: grp };
-        let (a, b) = (Lhs::packed(weights), Rhs::generated(&cols, false));
-        // SAFETY: `product` holds `m x (n * p)` values, row stride `n * p`, a unique borrow;
-        // `a` is `m x K` and `b` is `K x (n * p)` for the same geometry.
-        let dst = product.as_mut_ptr();
-        unsafe { sgemm(dst, n * p, a, b, false, true, Epilogue::default()) };
-        for (o, row) in product.chunks(n * p).enumerate() {
-            let c = grp * m + o;
-            let add = bias.map(|b| b[c]);
-            for (b, sums) in row.chunks(p).enumerate() {
-                let at = b * image_len + c * p;
-                let res = residual.map(|r| &r[at..at + p]);
-                for (j, (out, &v)) in y[at..at + p].iter_mut().zip(sums).enumerate() {
-                    let v = finish_value(v, add, res.map(|r| r[j]), clamp);
-                    out.write(v);
+    // A reused scratch matrix (a fresh zeroed one per call was a `memset` of the whole
+    // product); every element is written by the product before it is read.
+    with_buffer(&PRODUCT, m * n * p, |product| {
+        for (grp, weights) in packed.iter().enumerate() {
+            let cols = BatchCols { g, x, group: grp };
+            let (a, b) = (Lhs::packed(weights), Rhs::generated(&cols, false));
+            // SAFETY: `product` holds `m x (n * p)` values, row stride `n * p`, a unique borrow;
+            // `a` is `m x K` and `b` is `K x (n * p)` for the same geometry.
+            let dst = product.as_mut_ptr();
+            unsafe { sgemm(dst, n * p, a, b, false, true, Epilogue::default()) };
+            for (o, row) in product.chunks(n * p).enumerate() {
+                let c = grp * m + o;
+                let add = bias.map(|b| b[c]);
+                for (b, sums) in row.chunks(p).enumerate() {
+                    let at = b * image_len + c * p;
+                    let res = residual.map(|r| &r[at..at + p]);
+                    for (j, (out, &v)) in y[at..at + p].iter_mut().zip(sums).enumerate() {
+                        let v = finish_value(v, add, res.map(|r| r[j]), clamp);
+                        out.write(v);
+                    }
                 }
             }
         }
-    }
+    })
 }
 
 /// `sgemm`'s right operand for group `grp` of image `xn`: the image itself for a pointwise
@@ -217,6 +220,8 @@ pub(super) fn forward_image(
 }
 
 thread_local! {
+    /// `forward_batch`'s product `[C_out_g, N * P]` before it is scattered into the output.
+    static PRODUCT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// One image's unfolded columns for `grad_w_image` on small images.
     static UNFOLDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
