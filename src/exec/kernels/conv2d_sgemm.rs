@@ -114,8 +114,12 @@ impl RowSource for BatchCols<'_> {
 
 /// Whether `forward_batch` runs a convolution: images of fewer output pixels than this
 /// leave the micro-kernel too few column panels per image to reuse each packed panel of
-/// the weights, so all images are multiplied at once.
-pub(super) const BATCH_BELOW_PIXELS: usize = 128;
+/// the weights, so all images are multiplied at once. Since the narrow 6x8 and 6x4 tiles,
+/// a 7x7 image (49 columns) runs faster alone: 1x1 convolutions of MobileNetV2's and
+/// ResNet-50's 7x7 stages went from 50-90 to 90-125 GFLOP/s and ResNet-18's 4x4 stage
+/// from 56-58 to 80-97 (`mobilenetv2_pointwise_times`, batch 8); a 2x2 image (4 columns)
+/// is still faster batched (27 against 34 GFLOP/s).
+pub(super) const BATCH_BELOW_PIXELS: usize = 16;
 
 /// The forward of a whole batch as one product per group, `[C_out_g, N * P]`, into a
 /// scratch matrix, then scattered into the NCHW output `y` with the bias, residual and

@@ -470,3 +470,49 @@ fn resnet18_layer_times() {
         totals[0], totals[1], totals[2]
     );
 }
+
+/// Times the forward of MobileNetV2's pointwise shapes at batch 8 (224x224 input), and a few
+/// of ResNet's late ones, and prints GFLOP/s, alone: `cargo test --release --lib mobilenetv2_pointwise_times -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore]
+fn mobilenetv2_pointwise_times() {
+    use std::time::Instant;
+    crate::process_tuning::tune_process();
+    // (C_in, C_out, side)
+    let shapes = [
+        (16, 96, 112),
+        (32, 16, 112),
+        (144, 24, 56),
+        (24, 144, 56),
+        (32, 192, 28),
+        (192, 32, 28),
+        (96, 576, 14),
+        (576, 96, 14),
+        (160, 960, 7),
+        (960, 160, 7),
+        (320, 1280, 7),
+        (2048, 512, 7), // ResNet-50's last stage
+        (512, 2048, 7),
+        (256, 512, 4), // ResNet-18's last stage at 112x112
+        (512, 512, 2),
+    ];
+    let n = 8;
+    for (cin, cout, side) in shapes {
+        let prm = p([1, 1], [1, 1], [0; 4], 1);
+        let g = Geom::new(&prm, &[n, cin, side, side], &[cout, cin, 1, 1]).unwrap();
+        let mut rng = Lcg(7);
+        let mut random = |len| -> Vec<f32> { rng.vec(len).iter().map(|&v| v as f32).collect() };
+        let (x, w) = (random(n * cin * side * side), random(cout * cin));
+        let act = FusedActivation::Clip(0.0, 6.0);
+        let ms = (0..10)
+            .map(|_| {
+                let t = Instant::now();
+                drop(fwd(&g, (act, None), &x, &w, None));
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .fold(f64::MAX, f64::min);
+        let gflops = 2.0 * (n * cin * cout * side * side) as f64 / ms / 1e6;
+        println!("{cin:>4}->{cout:<4} {side:>3}x{side:<3}: {ms:6.2} ms, {gflops:5.1} GFLOP/s");
+    }
+}
