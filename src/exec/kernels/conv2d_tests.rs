@@ -45,6 +45,10 @@ fn grid() -> Vec<Case> {
             p([1, 1], [1, 1], [1, 1, 1, 1], 1),
         ), // several tasks
         ([2, 3, 30, 30], 8, 7, 7, p([2, 2], [1, 1], [3, 3, 3, 3], 1)), // ResNet stem shape
+        // Under `BATCH_BELOW_PIXELS` output pixels: the batch as one product.
+        ([3, 5, 3, 3], 7, 1, 1, p([1, 1], [1, 1], [0; 4], 1)), // pointwise
+        ([2, 6, 2, 2], 9, 1, 1, p([1, 1], [1, 1], [0; 4], 3)), // grouped pointwise
+        ([2, 4, 6, 6], 8, 3, 3, p([2, 2], [1, 1], [1, 1, 1, 1], 1)), // 3x3 outputs
     ]
 }
 
@@ -185,8 +189,8 @@ fn residual_is_added_before_the_activation_exactly_as_unfused() -> Res {
 
 #[test]
 fn a_batch_gives_each_image_the_values_it_gets_alone() -> Res {
-    // Small images run as one product over the batch (`forward_small_images`), large ones
-    // image by image; either way an image's output does not depend on its batch, bit for
+    // Images under `BATCH_BELOW_PIXELS` output pixels run as one product over the batch
+    // (`forward_small_images`: the last grid cases), larger ones image by image; either way an image's output does not depend on its batch, bit for
     // bit. Only where the batch takes the Winograd path and one image does not (the batch
     // pays for the weights' transform, one image would not) do they differ, by rounding.
     use crate::exec::kernels::conv2d_winograd::winograd_applies as applies;

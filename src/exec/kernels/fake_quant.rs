@@ -178,8 +178,11 @@ impl CustomOp2 for FakeQuant {
         let packed = x.apply_op3_no_bwd(scale, &gy, &FakeQuantGrad(self.0.clone()))?;
         let n = x.elem_count();
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        // A copy of the `channels` values: a view would keep the whole `packed` buffer (the
+        // size of `x`) alive for as long as the gradient store holds this gradient.
         let ds = packed
             .narrow(0, n, self.0.channels)?
+            .copy()?
             .reshape(scale.shape())?;
         Ok((Some(dx), Some(ds)))
     }

@@ -398,6 +398,7 @@ pub(super) unsafe fn transform_inputs(
 /// written once (these rows are short: a zero fill first would be a `memset` call each).
 #[inline(always)]
 pub(super) fn split_columns(row: &[f32], pad: usize, e: &mut [f32], o: &mut [f32]) {
+    debug_assert_eq!(e.len(), o.len());
     let n = e.len().min(o.len());
     let at = |i: usize| -> f32 {
         match i.checked_sub(pad) {
