@@ -3,7 +3,7 @@
 //! schedules, non-contiguous inputs and errors.
 
 use super::*;
-use crate::exec::kernels::test_util::{rel_diff, Lcg};
+use crate::exec::kernels::test_util::{best_ms, rel_diff, Lcg};
 use candle_core::{Device, Var};
 
 type Res = anyhow::Result<()>;
@@ -417,7 +417,6 @@ fn backward_skips_operands_outside_the_graph() -> Res {
 #[test]
 #[ignore]
 fn resnet18_layer_times() {
-    use std::time::Instant;
     // The binary's allocator settings (run alone, so no other test thread allocates yet).
     crate::process_tuning::tune_process();
     // (C_in, C_out, input side, kernel, stride, pad, count in the network)
@@ -440,19 +439,10 @@ fn resnet18_layer_times() {
         let prm = p([s, s], [1, 1], [pad; 4], 1);
         let g = Geom::new(&prm, &[n, cin, side, side], &[cout, cin, k, k]).unwrap();
         let mut rng = Lcg(7);
-        let mut random = |len| -> Vec<f32> { rng.vec(len).iter().map(|&v| v as f32).collect() };
-        let x = random(n * cin * side * side);
-        let w = random(cout * cin * k * k);
-        let gy = random(n * cout * g.out_plane());
-        let best = |f: &mut dyn FnMut()| {
-            (0..4)
-                .map(|_| {
-                    let t = Instant::now();
-                    f();
-                    t.elapsed().as_secs_f64() * 1e3
-                })
-                .fold(f64::MAX, f64::min)
-        };
+        let x = rng.vec_f32(n * cin * side * side);
+        let w = rng.vec_f32(cout * cin * k * k);
+        let gy = rng.vec_f32(n * cout * g.out_plane());
+        let best = |f: &mut dyn FnMut()| best_ms(4, f);
         let mut line = format!("{cin:>3}->{cout:<3} {side:>3}x{side:<3} k{k} s{s} x{count}:");
         for wino in ["0", "1"] {
             std::env::set_var("AMCT_WINOGRAD", wino);
@@ -481,7 +471,6 @@ fn resnet18_layer_times() {
 #[test]
 #[ignore]
 fn mobilenetv2_pointwise_times() {
-    use std::time::Instant;
     crate::process_tuning::tune_process();
     // (C_in, C_out, side)
     let shapes = [
@@ -506,16 +495,9 @@ fn mobilenetv2_pointwise_times() {
         let prm = p([1, 1], [1, 1], [0; 4], 1);
         let g = Geom::new(&prm, &[n, cin, side, side], &[cout, cin, 1, 1]).unwrap();
         let mut rng = Lcg(7);
-        let mut random = |len| -> Vec<f32> { rng.vec(len).iter().map(|&v| v as f32).collect() };
-        let (x, w) = (random(n * cin * side * side), random(cout * cin));
+        let (x, w) = (rng.vec_f32(n * cin * side * side), rng.vec_f32(cout * cin));
         let act = FusedActivation::Clip(0.0, 6.0);
-        let ms = (0..10)
-            .map(|_| {
-                let t = Instant::now();
-                drop(fwd(&g, (act, None), &x, &w, None));
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .fold(f64::MAX, f64::min);
+        let ms = best_ms(10, || drop(fwd(&g, (act, None), &x, &w, None)));
         let gflops = 2.0 * (n * cin * cout * side * side) as f64 / ms / 1e6;
         println!("{cin:>4}->{cout:<4} {side:>3}x{side:<3}: {ms:6.2} ms, {gflops:5.1} GFLOP/s");
     }

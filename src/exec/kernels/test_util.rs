@@ -18,6 +18,22 @@ impl Lcg {
             })
             .collect()
     }
+
+    /// `vec(n)` as f32 values.
+    pub fn vec_f32(&mut self, n: usize) -> Vec<f32> {
+        self.vec(n).into_iter().map(|v| v as f32).collect()
+    }
+}
+
+/// The shortest of `runs` timings of `f`, in milliseconds (the timing probes).
+pub fn best_ms(runs: usize, mut f: impl FnMut()) -> f64 {
+    (0..runs)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .fold(f64::MAX, f64::min)
 }
 
 /// Largest `|a - b|`, relative to `max(1, max |b|)`.

@@ -3,7 +3,7 @@
 //! residual, clamp), the input and weight gradients, and which geometries take the path.
 
 use super::conv2d::{Conv2dParams, FusedActivation, Geom};
-use super::test_util::Lcg;
+use super::test_util::{best_ms, Lcg};
 use super::winograd::{
     applies, applies_to_grad_x, convolve, split_columns, Finish, Shape, TransformedWeights,
 };
@@ -26,7 +26,7 @@ fn geom(
 }
 
 fn random(seed: u64, n: usize) -> Vec<f32> {
-    Lcg(seed).vec(n).iter().map(|&v| v as f32).collect()
+    Lcg(seed).vec_f32(n)
 }
 
 /// Calls `visit(y_index, x_index, w_index)` for every product of the direct convolution
@@ -281,20 +281,11 @@ fn only_3x3_stride_1_single_group_convolutions_with_enough_work_apply() {
 fn winograd_speed() {
     use super::conv2d::conv2d;
     use candle_core::{Device, Tensor};
-    use std::time::Instant;
     for (c, hw) in [(64, 56), (128, 28), (256, 14), (512, 14)] {
         let g = geom([8, c, hw, hw], c, ([1, 1], [1; 4], 1));
         let x = random(1, 8 * c * hw * hw);
         let w = random(2, c * c * 9);
-        let best = |f: &mut dyn FnMut()| {
-            (0..5)
-                .map(|_| {
-                    let t = Instant::now();
-                    f();
-                    t.elapsed().as_secs_f64() * 1e3
-                })
-                .fold(f64::MAX, f64::min)
-        };
+        let best = |f: &mut dyn FnMut()| best_ms(5, f);
         let wt = best(&mut || drop(TransformedWeights::forward(&w, (c, c))));
         let tw = TransformedWeights::forward(&w, (c, c));
         let mut y = vec![MaybeUninit::new(0f32); x.len()];
