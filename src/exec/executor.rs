@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType as CDType, Device, Var};
 
+use super::block_fusion::{self, BlockFusion};
 use super::error::{ExecError, Result};
 use super::fusion::{self, Fusion};
 use super::kernels::conv2d::FusedActivation;
@@ -70,6 +71,8 @@ pub struct Executor {
     frees_after: Vec<Vec<String>>,
     /// For each node (in run order), the activation it may absorb.
     fusions: Vec<Option<Fusion>>,
+    /// For each node (in run order), the inverted-residual block it may run in one call.
+    blocks: Vec<Option<BlockFusion>>,
 }
 
 impl Executor {
@@ -104,6 +107,7 @@ impl Executor {
         let outputs: Vec<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
         let frees_after = lifetimes(&nodes, &outputs);
         let fusions = fusion::plan(model, &nodes, options.track_params);
+        let blocks = block_fusion::plan(model, &nodes, &fusions, options.track_params);
         Ok(Executor {
             nodes,
             inputs: graph
@@ -118,6 +122,7 @@ impl Executor {
             constants,
             frees_after,
             fusions,
+            blocks,
         })
     }
 
@@ -234,6 +239,36 @@ impl Executor {
             if absorbed[i] {
                 self.free(&mut env, frees, keep);
                 continue;
+            }
+            if let Some(block) = &self.blocks[i] {
+                let wanted = |v: &String| watched(v) || keep.contains(&v.as_str());
+                if !block.hidden.iter().any(wanted) {
+                    let start = times.is_some().then(std::time::Instant::now);
+                    let run = ops::BlockRun {
+                        nodes: &self.nodes,
+                        env: &env,
+                        opset: self.opset,
+                        device: &self.options.device,
+                    };
+                    let out =
+                        ops::inverted_residual(block, &run).map_err(|e| with_node(e, node))?;
+                    if let Some(value) = out {
+                        if let (Some(times), Some(start)) = (times.as_deref_mut(), start) {
+                            times.push(NodeTime {
+                                node: node.name.clone(),
+                                op: "InvertedResidual".into(),
+                                seconds: start.elapsed().as_secs_f64(),
+                            });
+                        }
+                        for &a in &block.absorbed {
+                            absorbed[a] = true;
+                        }
+                        observe(&block.output, &value)?;
+                        env.insert(block.output.clone(), value);
+                        self.free(&mut env, frees, keep);
+                        continue;
+                    }
+                }
             }
             let fused = self.fusions[i].filter(|f| {
                 // The values the fused call never produces must not be wanted.

@@ -4,6 +4,7 @@
 //! their gradients and update them; everything is computed with
 //! differentiable candle ops or amct's custom ops that define a backward.
 
+mod block_fusion;
 mod error;
 mod executor;
 mod fusion;

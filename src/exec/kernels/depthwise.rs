@@ -183,7 +183,13 @@ fn data<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<Cow<'a, [T]>>
 
 #[path = "depthwise_loops.rs"]
 mod loops;
-use loops::{dw_plane_mv, dx_plane_mv, fwd_plane_mv, DwFloat, Epilogue, Plan, Scratch};
+pub(super) use loops::Scratch;
+use loops::{dw_plane_mv, dx_plane_mv, fwd_plane_mv, DwFloat, Epilogue, Plan};
+
+#[path = "depthwise_rows.rs"]
+mod rows;
+pub(super) use rows::forward_rows;
+pub use rows::RowGeom;
 
 /// Planes per rayon task so that each task has some work (`cost` per plane).
 fn min_planes(cost: usize) -> usize {

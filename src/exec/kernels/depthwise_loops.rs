@@ -102,15 +102,42 @@ impl Plan {
 }
 
 /// Scratch of one thread: the phase planes and the `cols`-wide output plane.
-pub(super) type Scratch<T> = (Vec<T>, Vec<T>);
+pub(in crate::exec::kernels) struct Scratch<T> {
+    buf: Vec<T>,
+    out: Vec<T>,
+    /// The geometry `buf` holds phase planes for (`fill_phases`'s key): another plane of the
+    /// same geometry writes the same cells, so the zero padding need not be filled again.
+    phases_of: Option<[usize; 8]>,
+}
+
+impl<T> Default for Scratch<T> {
+    fn default() -> Self {
+        Scratch {
+            buf: Vec::new(),
+            out: Vec::new(),
+            phases_of: None,
+        }
+    }
+}
 
 /// Fills `buf` with the phase planes of input plane `x` (see [`Plan`]).
 #[inline(always)]
-fn fill_phases<T: DwFloat>(g: &Geom, plan: &Plan, x: &[T], buf: &mut Vec<T>) {
+fn fill_phases<T: DwFloat>(
+    g: &Geom,
+    plan: &Plan,
+    x: &[T],
+    (buf, phases_of): (&mut Vec<T>, &mut Option<[usize; 8]>),
+) {
     let ((sh, sw), w, (top, left)) = (g.s, g.inp.1, (g.pads[0], g.pads[1]));
     let (cols, pp) = (plan.cols, plan.plane());
-    buf.clear();
-    buf.resize(sh * sw * pp, T::zero());
+    // The cells this geometry writes: the same for every plane, so the padding (never
+    // written) is zeroed only when the geometry changes.
+    let key = [sh, sw, g.inp.0, w, top, left, plan.rows, cols];
+    if *phases_of != Some(key) {
+        buf.clear();
+        buf.resize(sh * sw * pp, T::zero());
+        *phases_of = Some(key);
+    }
     for (ir, xrow) in x.chunks_exact(w.max(1)).enumerate() {
         let r = ir + top;
         let (ra, rr) = if sh == 1 { (0, r) } else { (r % sh, r / sh) };
@@ -188,9 +215,14 @@ fn fwd_plane<T: DwFloat, const FMA: bool>(
     plan: &Plan,
     (x, wt, post): (&[T], &[T], Epilogue<T>),
     y: &mut [MaybeUninit<T>],
-    (buf, out): &mut Scratch<T>,
+    scratch: &mut Scratch<T>,
 ) {
-    fill_phases(g, plan, x, buf);
+    let Scratch {
+        buf,
+        out,
+        phases_of,
+    } = scratch;
+    fill_phases(g, plan, x, (buf, phases_of));
     let (offs, ow, cols) = (&plan.offs[..], g.out.1, plan.cols);
     out.resize(g.out.0 * cols, T::zero());
     let mut t = 0;
@@ -309,8 +341,14 @@ fn dx_plane<T: DwFloat, const FMA: bool>(
     plan: &Plan,
     (gys, wts): (&[T], &[T]),
     dx: &mut [T],
-    (buf, gyp): &mut Scratch<T>,
+    scratch: &mut Scratch<T>,
 ) {
+    let Scratch {
+        buf,
+        out: gyp,
+        phases_of,
+    } = scratch;
+    *phases_of = None; // `buf` becomes a sum, no longer phase planes
     buf.clear();
     buf.resize(g.s.0 * g.s.1 * plan.plane(), T::zero());
     let n = g.out.0 * plan.cols;
@@ -335,9 +373,14 @@ fn dw_plane<T: DwFloat, const FMA: bool>(
     plan: &Plan,
     (x, gy): (&[T], &[T]),
     acc: &mut [f64],
-    (buf, gyp): &mut Scratch<T>,
+    scratch: &mut Scratch<T>,
 ) {
-    fill_phases(g, plan, x, buf);
+    let Scratch {
+        buf,
+        out: gyp,
+        phases_of,
+    } = scratch;
+    fill_phases(g, plan, x, (buf, phases_of));
     widen(g, plan, gy, gyp);
     let n = g.out.0 * plan.cols;
     for (a, &off) in acc.iter_mut().zip(&plan.offs) {

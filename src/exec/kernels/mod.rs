@@ -27,6 +27,7 @@ mod conv2d_sgemm;
 mod conv2d_winograd;
 pub mod depthwise;
 pub mod fake_quant;
+pub mod inverted_residual;
 pub mod pool2d;
 pub mod relu;
 mod sgemm;

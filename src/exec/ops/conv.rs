@@ -129,6 +129,20 @@ fn geometry(
     })
 }
 
+/// The spatial attributes of a depthwise `Conv` node over `[h, w]` images with a `k` kernel.
+pub(super) fn depthwise_params(
+    ctx: &OpCtx,
+    [h, w]: [usize; 2],
+    k: (usize, usize),
+) -> Result<DepthwiseParams> {
+    let g = geometry(ctx, &[h, w], [k.0, k.1], 2, false)?;
+    Ok(DepthwiseParams {
+        stride: g.stride,
+        dilation: g.dilation,
+        pads: g.pads,
+    })
+}
+
 /// Makes input and weight 4-D; returns the number of spatial axes (1 or 2).
 fn to_4d(ctx: &OpCtx, x: &Tensor, w: &Tensor) -> Result<(Tensor, Tensor, usize)> {
     match x.rank() {

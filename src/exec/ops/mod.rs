@@ -9,6 +9,7 @@ mod activation;
 mod compare;
 mod context;
 mod conv;
+mod conv_block;
 mod conv_taps;
 mod elementwise;
 mod generate;
@@ -26,6 +27,7 @@ mod slice_gather;
 mod unary_extra;
 
 pub use context::OpCtx;
+pub(in crate::exec) use conv_block::{inverted_residual, BlockRun};
 
 use super::error::Result;
 use super::Value;

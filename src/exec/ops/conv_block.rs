@@ -1,0 +1,156 @@
+//! Runs a fused inverted-residual block (`exec::block_fusion`) with
+//! `kernels::inverted_residual` when its operands suit the kernel: f32 on a CPU with AVX2 and
+//! FMA, 2-D, an expanded activation large enough to leave the cache between layers, and a
+//! residual shaped like the output. Otherwise it answers `None` and the executor runs the
+//! block's nodes one by one.
+
+use std::collections::HashMap;
+
+use candle_core::{DType as CDType, Device, Storage, Tensor};
+
+use super::conv::depthwise_params;
+use super::OpCtx;
+use crate::exec::block_fusion::BlockFusion;
+use crate::exec::error::{ExecError, Result};
+use crate::exec::kernels::conv2d::FusedActivation;
+use crate::exec::kernels::depthwise::RowGeom;
+use crate::exec::kernels::inverted_residual::{self as kernel, Block, Depthwise, Pointwise};
+use crate::exec::Value;
+use crate::graph::{DType, Node};
+
+/// Below this many bytes of expanded activations per image the unfused kernels are as fast:
+/// the expanded tensor of a batch stays in cache between them (measured on MobileNetV2's
+/// blocks, `inverted_residual_times`).
+const FUSE_MIN_HIDDEN_BYTES: usize = 512 << 10;
+
+/// What the block needs from the executor: its nodes, the values computed so far, the
+/// settings a node's context carries.
+pub(in crate::exec) struct BlockRun<'a> {
+    pub nodes: &'a [Node],
+    pub env: &'a HashMap<String, Value>,
+    pub opset: i64,
+    pub device: &'a Device,
+}
+
+/// The block's output, or `None` where the kernel does not apply (the executor then runs
+/// the nodes one by one).
+pub(in crate::exec) fn inverted_residual(b: &BlockFusion, run: &BlockRun) -> Result<Option<Value>> {
+    if !run.device.is_cpu() || !kernel::available() {
+        return Ok(None);
+    }
+    let first = &run.nodes[b.first()];
+    let get = |name: &str| {
+        run.env
+            .get(name)
+            .ok_or_else(|| ExecError::Missing(name.into()))
+    };
+    let x = get(&first.inputs[0])?;
+    let f32_4d = |v: &Value| {
+        v.dtype == DType::F32 && v.tensor.dtype() == CDType::F32 && v.tensor.rank() == 4
+    };
+    if !f32_4d(x) {
+        return Ok(None);
+    }
+    let (n, cin, h, w) = x.tensor.dims4()?;
+    // Weights and biases, as flat f32 vectors (small next to the activations).
+    let params = |i: usize| -> Result<ConvParams> {
+        let node = &run.nodes[i];
+        let wt = &get(&node.inputs[1])?.tensor;
+        let bias = match node.inputs.get(2).filter(|s| !s.is_empty()) {
+            Some(name) => Some(
+                get(name)?
+                    .tensor
+                    .flatten_all()?
+                    .to_dtype(CDType::F32)?
+                    .to_vec1()?,
+            ),
+            None => None,
+        };
+        let flat = wt.flatten_all()?.to_dtype(CDType::F32)?.to_vec1()?;
+        Ok((flat, wt.dims().to_vec(), bias))
+    };
+    let expand = b.expand.map(params).transpose()?;
+    let (wd, dims_d, bd) = params(b.depthwise)?;
+    let (wp, _, bp) = params(b.project)?;
+    let hidden = expand.as_ref().map_or(cin, |(_, d, _)| d[0]);
+    if hidden * h * w * 4 < FUSE_MIN_HIDDEN_BYTES || dims_d.len() != 4 || dims_d[0] != hidden {
+        return Ok(None);
+    }
+    let ctx = OpCtx {
+        node: &run.nodes[b.depthwise],
+        inputs: Vec::new(),
+        opset: run.opset,
+        device: run.device,
+        float: CDType::F32,
+        activation: FusedActivation::None,
+        residual: None,
+        train: false,
+        qat: false,
+    };
+    let k = (dims_d[2], dims_d[3]);
+    let p = depthwise_params(&ctx, [h, w], k)?;
+    let clamp = |a: FusedActivation| (a != FusedActivation::None).then(|| bounds(a));
+    let [expand_act, dw_act, out_act] = b.activations;
+    let block = Block {
+        expand: expand.as_ref().map(|(w, _, bias)| Pointwise {
+            w,
+            bias: bias.as_deref(),
+            clamp: clamp(expand_act),
+        }),
+        depthwise: Depthwise {
+            geom: RowGeom {
+                c: hidden,
+                inp: (h, w),
+                k,
+                p,
+            },
+            w: &wd,
+            bias: bd.as_deref(),
+            clamp: clamp(dw_act),
+        },
+        project: Pointwise {
+            w: &wp,
+            bias: bp.as_deref(),
+            clamp: clamp(out_act),
+        },
+    };
+    let residual = match b.residual {
+        Some((add, slot)) => Some(get(&run.nodes[add].inputs[slot])?),
+        None => None,
+    };
+    let (oh, ow) = block.depthwise.geom.output()?;
+    let cout = wp.len() / hidden.max(1);
+    if residual.is_some_and(|r| !f32_4d(r) || r.tensor.dims() != [n, cout, oh, ow]) {
+        return Ok(None);
+    }
+    let x = x.tensor.contiguous()?;
+    let residual = residual.map(|r| r.tensor.contiguous()).transpose()?;
+    let (y, dims) = with_slice(&x, |xs| match &residual {
+        Some(r) => with_slice(r, |rs| {
+            kernel::inverted_residual(&block, xs, [n, cin, h, w], Some(rs))
+        }),
+        None => Ok(kernel::inverted_residual(&block, xs, [n, cin, h, w], None)),
+    })???;
+    let y = Tensor::from_vec(y, dims.to_vec(), run.device)?;
+    Ok(Some(Value::new(y, DType::F32)))
+}
+
+/// A convolution's weights (flat), their dims and its bias.
+type ConvParams = (Vec<f32>, Vec<usize>, Option<Vec<f32>>);
+
+/// The clamp an activation applies, in f32.
+fn bounds(a: FusedActivation) -> (f32, f32) {
+    let (lo, hi) = a.bounds();
+    (lo as f32, hi as f32)
+}
+
+/// `f` over a contiguous f32 CPU tensor's values.
+fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(cpu), Some((a, b))) => Ok(f(&cpu.as_slice::<f32>()?[a..b])),
+        _ => Err(ExecError::Candle(candle_core::Error::Msg(
+            "inverted_residual: operand is not a contiguous CPU tensor".into(),
+        ))),
+    }
+}
