@@ -1,9 +1,11 @@
 //! Inverted-residual block fusion for forward-only executors (MobileNetV2's building block):
-//! `[1x1 Conv -> act] -> depthwise Conv [-> act] -> 1x1 Conv [-> Add residual] [-> act]`
-//! runs as one `kernels::inverted_residual` call, which keeps the expanded activations in
-//! cache. It builds on the Conv + activation plan (`fusion`): each convolution of the chain
-//! with its fused activation is one link, and the next link must be the only reader of the
-//! previous one's output.
+//! `[Conv -> act] -> depthwise Conv [-> act] -> 1x1 Conv [-> Add residual] [-> act]`, where
+//! the first Conv (the expansion) is a 1x1 one or any other ungrouped 2-D convolution (the
+//! network's stem, before its first depthwise convolution), runs as one
+//! `kernels::inverted_residual` call, which keeps the expanded activations in cache. It
+//! builds on the Conv + activation plan (`fusion`): each convolution of the chain with its
+//! fused activation is one link, and the next link must be the only reader of the previous
+//! one's output.
 //!
 //! The plan names candidates only; a run still falls back to the separate (fused) nodes when
 //! the caller watches or keeps an intermediate, or when the operands do not suit the kernel
@@ -86,6 +88,9 @@ pub(super) fn plan(
         node.attr_ints(name)
             .is_none_or(|v| v.iter().all(|&x| x == value))
     };
+    let ungrouped = |node: &Node| {
+        weight_dims(node).is_some_and(|d| d.len() == 4) && node.int_or("group", 1) == 1
+    };
     let pointwise = |node: &Node| {
         weight_dims(node).is_some_and(|d| d.len() == 4 && d[2] == 1 && d[3] == 1)
             && node.int_or("group", 1) == 1
@@ -107,7 +112,7 @@ pub(super) fn plan(
             nodes,
             fusions,
             &sole_reader,
-            (&pointwise, &depthwise),
+            [&ungrouped, &depthwise, &pointwise],
         ) else {
             continue;
         };
@@ -139,7 +144,7 @@ fn block_at(
     nodes: &[Node],
     fusions: &[Option<Fusion>],
     sole_reader: &dyn Fn(&str) -> Option<usize>,
-    (pointwise, depthwise): (Check, Check),
+    [expansion, depthwise, pointwise]: [Check; 3],
 ) -> Option<BlockFusion> {
     let out = |i: usize| nodes[i].outputs[0].clone();
     let (mut absorbed, mut hidden) = (Vec::new(), Vec::new());
@@ -160,7 +165,7 @@ fn block_at(
         absorbed.push(next);
         Some((act, next))
     };
-    let (expand, expand_act, dw) = if pointwise(&nodes[first]) {
+    let (expand, expand_act, dw) = if expansion(&nodes[first]) {
         let (act, dw) = follow(first)?;
         (Some(first), act, dw)
     } else {

@@ -194,3 +194,52 @@ fn small_blocks_run_unfused() {
     let ops: Vec<&str> = times.iter().map(|t| t.op.as_str()).collect();
     assert_eq!(ops, ["Conv+Clip", "Conv+Clip", "Conv+Add"]);
 }
+
+/// `x [2, 3, 96, 96] -> 3x3 stride-2 Conv 3->64 -> Relu -> depthwise 3x3 -> Clip -> 1x1 Conv
+/// 64->16`: MobileNetV2's stem and first block.
+fn stem_model() -> Model {
+    let mut rng = t::Rng::new(23);
+    let inits = vec![
+        t::init(&mut rng, "ws", &[64, 3, 3, 3], 0.0),
+        t::init(&mut rng, "wd", &[64, 1, 3, 3], 0.0),
+        t::init(&mut rng, "wp", &[16, 64, 1, 1], 0.0),
+        t::init(&mut rng, "bp", &[16], 0.0),
+        crate::graph::Tensor::from_f32("lo", vec![], &[0.0]).unwrap(),
+        crate::graph::Tensor::from_f32("hi", vec![], &[0.8]).unwrap(),
+    ];
+    let mut stem = t::node("s", "Conv", &["x", "ws"], &["s_out"]);
+    stem.set_ints("pads", &[1, 1, 1, 1]);
+    stem.set_ints("strides", &[2, 2]);
+    let mut dw = t::node("d", "Conv", &["s_act", "wd"], &["d_out"]);
+    dw.set_int("group", 64);
+    dw.set_ints("pads", &[1, 1, 1, 1]);
+    let nodes = vec![
+        stem,
+        t::node("s_act", "Relu", &["s_out"], &["s_act"]),
+        dw,
+        t::node("d_act", "Clip", &["d_out", "lo", "hi"], &["d_act"]),
+        t::node("p", "Conv", &["d_act", "wp", "bp"], &["y"]),
+    ];
+    t::model(nodes, &[("x", &[2, 3, 96, 96])], &["y"], inits, 13)
+}
+
+#[test]
+fn a_stem_convolution_leads_a_fused_block() {
+    let m = stem_model();
+    let b = blocks(&m, false)[0].clone().expect("a block at the stem");
+    assert_eq!((b.expand, b.depthwise, b.project), (Some(0), 2, 4));
+    let v = t::Rng::new(9).vec(2 * 3 * 96 * 96);
+    let x = Tensor::from_vec(v, (2, 3, 96, 96), &Device::Cpu).unwrap();
+    let feeds = Map::from([("x".to_string(), Value::new(x, DType::F32))]);
+    let run = |options: ExecOptions| {
+        let exec = Executor::new(&m, options).unwrap();
+        let mut times = Vec::new();
+        let y = exec.run_timed(&feeds, &mut times).unwrap().remove(0).tensor;
+        let y = y.detach().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        (y, times.into_iter().map(|t| t.op).collect::<Vec<_>>())
+    };
+    let (fused, ops) = run(ExecOptions::inference(&Device::Cpu));
+    assert_eq!(ops, ["InvertedResidual"]);
+    let (plain, _) = run(ExecOptions::default());
+    assert_same_bits(&fused, &plain, "stem");
+}

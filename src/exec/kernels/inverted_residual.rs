@@ -1,5 +1,6 @@
-//! A MobileNetV2 inverted-residual block in one pass, for forward-only runs: an optional 1x1
-//! expansion (bias, activation), a depthwise convolution (bias, activation) and a 1x1
+//! A MobileNetV2 inverted-residual block in one pass, for forward-only runs: an optional
+//! expansion (a 1x1 convolution, or any ungrouped convolution such as the network's 3x3
+//! stem, with bias and activation), a depthwise convolution (bias, activation) and a 1x1
 //! projection (bias, residual, activation), computed strip by strip of output rows so that
 //! the expanded activations, the widest tensors of the network, stay in cache instead of
 //! going to memory and back twice.
@@ -12,7 +13,9 @@
 //! kernels compute it (`conv2d` for the 1x1 convolutions, `depthwise` for the middle one),
 //! so the fused block gives the same bits.
 
+use super::conv2d::{Conv2dParams, Geom as ConvGeom};
 use super::conv2d_gemm::MatRef;
+use super::conv2d_sgemm::ImageCols;
 use super::depthwise::{forward_rows, RowGeom, Scratch};
 use super::sgemm::{sgemm, Epilogue, Lhs, PackedLhs, Residual};
 use super::sgemm_pack::Rhs;
@@ -39,10 +42,35 @@ pub struct Depthwise<'a> {
     pub clamp: Option<(f32, f32)>,
 }
 
+/// The expansion: weights `[C_hidden, C_in, KH, KW]` (flat), `kernel` `(KH, KW)` with the
+/// convolution's stride, dilation and pads in `params` (its `groups` must be 1 and its
+/// `activation` is ignored: `clamp` is applied), bias and activation bounds.
+#[derive(Clone, Copy)]
+pub struct Expansion<'a> {
+    pub w: &'a [f32],
+    pub kernel: (usize, usize),
+    pub params: Conv2dParams,
+    pub bias: Option<&'a [f32]>,
+    pub clamp: Option<(f32, f32)>,
+}
+
+impl<'a> Expansion<'a> {
+    /// A 1x1 expansion with unit stride and no padding.
+    pub fn pointwise(p: Pointwise<'a>) -> Self {
+        Expansion {
+            w: p.w,
+            kernel: (1, 1),
+            params: Conv2dParams::default(),
+            bias: p.bias,
+            clamp: p.clamp,
+        }
+    }
+}
+
 /// The three convolutions of a block.
 #[derive(Clone, Copy)]
 pub struct Block<'a> {
-    pub expand: Option<Pointwise<'a>>,
+    pub expand: Option<Expansion<'a>>,
     pub depthwise: Depthwise<'a>,
     pub project: Pointwise<'a>,
 }
@@ -54,14 +82,17 @@ pub struct Block<'a> {
 const STRIP_BYTES: usize = 1 << 20;
 
 /// Sizes of a block over an input `[N, C_in, H, W]`.
-#[derive(Clone, Copy)]
 struct Sizes {
     n: usize,
     cin: usize,
     hidden: usize,
     cout: usize,
+    /// The input's `H x W`, the depthwise input's (the expansion's output) and output's.
     inp: (usize, usize),
+    mid: (usize, usize),
     out: (usize, usize),
+    /// The expansion's geometry over one image.
+    expand: Option<ConvGeom>,
     /// Output rows per strip, and the most input rows one strip reads.
     strip: usize,
     strip_in: usize,
@@ -69,18 +100,22 @@ struct Sizes {
 
 impl Sizes {
     fn new(b: &Block, [n, cin, h, w]: [usize; 4]) -> Result<Self> {
-        let hidden = match &b.expand {
-            Some(e) if cin > 0 && e.w.len().is_multiple_of(cin) => e.w.len() / cin,
-            Some(e) => bail!(
-                "inverted_residual: expansion weights ({}) do not fit {cin} input channels",
-                e.w.len()
-            ),
-            None => cin,
+        let expand = match &b.expand {
+            Some(e) => {
+                let per_out = cin * e.kernel.0 * e.kernel.1;
+                if per_out == 0 || !e.w.len().is_multiple_of(per_out) || e.params.groups != 1 {
+                    bail!("inverted_residual: expansion weights ({}) do not fit {cin} input channels and a {:?} kernel", e.w.len(), e.kernel)
+                }
+                let wd = [e.w.len() / per_out, cin, e.kernel.0, e.kernel.1];
+                Some(ConvGeom::new(&e.params, &[1, cin, h, w], &wd)?)
+            }
+            None => None,
         };
+        let (hidden, mid) = expand.as_ref().map_or((cin, (h, w)), |g| (g.cout(), g.out));
         let g = &b.depthwise.geom;
-        if g.c != hidden || g.inp != (h, w) {
+        if g.c != hidden || g.inp != mid {
             bail!(
-                "inverted_residual: depthwise geometry {:?} over {:?} does not fit {hidden} channels of {h}x{w}",
+                "inverted_residual: depthwise geometry {:?} over {:?} does not fit {hidden} channels of {mid:?}",
                 g.c,
                 g.inp
             )
@@ -104,7 +139,7 @@ impl Sizes {
             bail!("inverted_residual: a bias does not fit its convolution's output channels")
         }
         let out = g.output()?;
-        let row_bytes = 4 * hidden * (g.p.stride[0] * w + out.1);
+        let row_bytes = 4 * hidden * (g.p.stride[0] * mid.1 + out.1);
         let strip = (STRIP_BYTES / row_bytes.max(1)).clamp(1, out.0.max(1));
         let strip_in = (0..out.0)
             .step_by(strip)
@@ -120,7 +155,9 @@ impl Sizes {
             hidden,
             cout,
             inp: (h, w),
+            mid,
             out,
+            expand,
             strip,
             strip_in,
         })
@@ -184,7 +221,7 @@ pub fn inverted_residual(
     }
     let packed_expand = b
         .expand
-        .map(|e| PackedLhs::new(MatRef::rows(e.w, s.hidden, s.cin)));
+        .map(|e| PackedLhs::new(MatRef::rows(e.w, s.hidden, e.w.len() / s.hidden)));
     let packed_project = PackedLhs::new(MatRef::rows(b.project.w, s.cout, s.hidden));
     // Bands of output rows per image: one, unless there are fewer images than threads.
     let threads = rayon::current_num_threads();
@@ -225,7 +262,9 @@ fn run_band(
     yn: OutPtr,
     rows: (usize, usize),
 ) -> Result<()> {
-    let (w, ow, op) = (s.inp.1, s.out.1, s.out_plane());
+    let (w, ow, op) = (s.mid.1, s.out.1, s.out_plane());
+    // The expansion's right operand: the image itself (1x1), or its im2col columns.
+    let im2col = s.expand.as_ref().map(|g| ImageCols { g, x: xn });
     let dw = &b.depthwise;
     // The expanded input rows `held.0..held.1` of every channel, `strip_in` rows apart.
     let stride_e = s.strip_in * w;
@@ -261,12 +300,17 @@ fn run_band(
                 let new = (lo + keep, hi);
                 if new.0 < new.1 {
                     let cols = (new.1 - new.0) * w;
-                    let bx = MatRef {
-                        data: &xn[new.0 * w..],
-                        rows: s.cin,
-                        cols,
-                        rs: s.in_plane(),
-                        cs: 1,
+                    let bx = match &im2col {
+                        Some(src) if !src.g.is_pointwise() => {
+                            Rhs::generated(src, false).columns(new.0 * w, cols)
+                        }
+                        _ => Rhs::View(MatRef {
+                            data: &xn[new.0 * w..],
+                            rows: s.cin,
+                            cols,
+                            rs: s.in_plane(),
+                            cs: 1,
+                        }),
                     };
                     let epilogue = Epilogue {
                         bias: e.bias,
@@ -275,19 +319,9 @@ fn run_band(
                     };
                     let dst = expanded[keep * w..].as_mut_ptr();
                     // SAFETY: `dst` has `hidden` rows of `cols <= stride_e - keep * w` values
-                    // at stride `stride_e`; `bx` lies inside the image; the packed weights
-                    // are `hidden x cin`.
-                    unsafe {
-                        sgemm(
-                            dst,
-                            stride_e,
-                            Lhs::packed(pe),
-                            Rhs::View(bx),
-                            false,
-                            false,
-                            epilogue,
-                        )
-                    };
+                    // at stride `stride_e`; `bx` lies inside the image (or its im2col
+                    // matrix); the packed weights are `hidden x cin * KH * KW`.
+                    unsafe { sgemm(dst, stride_e, Lhs::packed(pe), bx, false, false, epilogue) };
                 }
                 held = (lo, hi);
                 (&expanded[..], lo, stride_e)

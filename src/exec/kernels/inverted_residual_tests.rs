@@ -101,11 +101,11 @@ fn check((n, cin, hidden, cout, h, w, k, stride, pads, expand, residual): Case) 
     // Fused.
     let clip = Some((0.0, 6.0));
     let block = Block {
-        expand: expand.then_some(Pointwise {
+        expand: expand.then_some(Expansion::pointwise(Pointwise {
             w: &we,
             bias: Some(&be),
             clamp: clip,
-        }),
+        })),
         depthwise: Depthwise {
             geom: RowGeom {
                 c: hidden,
@@ -163,6 +163,89 @@ fn fused_block_gives_the_bits_of_the_unfused_kernels() {
     }
 }
 
+/// A block led by a full convolution (MobileNetV2's 3x3 stride-2 stem before its first
+/// depthwise convolution): `(N, C_in, hidden, H, W, kernel, stride, pads)`.
+#[test]
+fn a_spatial_expansion_gives_the_bits_of_the_unfused_kernels() {
+    type Case = (usize, usize, usize, usize, usize, usize, usize, [usize; 4]);
+    let cases: &[Case] = &[
+        (2, 3, 32, 64, 60, 3, 2, [1, 1, 1, 1]),
+        (1, 3, 32, 47, 45, 3, 2, [1, 1, 1, 1]),
+        (3, 5, 24, 30, 33, 3, 1, [0, 1, 2, 1]),
+        (2, 4, 16, 21, 20, 5, 2, [2, 2, 2, 2]),
+    ];
+    for &(n, cin, hidden, h, w, k, stride, pads) in cases {
+        let mut rng = Lcg(h as u64);
+        let x = rng.vec_f32(n * cin * h * w);
+        let (we, be) = (rng.vec_f32(hidden * cin * k * k), rng.vec_f32(hidden));
+        let (wd, bd) = (rng.vec_f32(hidden * 9), rng.vec_f32(hidden));
+        let cout = 8;
+        let (wp, bp) = (rng.vec_f32(cout * hidden), rng.vec_f32(cout));
+        let relu6 = FusedActivation::Clip(0.0, 6.0);
+        let params = Conv2dParams {
+            stride: [stride, stride],
+            dilation: [1, 1],
+            pads,
+            groups: 1,
+            activation: relu6,
+        };
+        let dp = DepthwiseParams {
+            pads: [1; 4],
+            ..DepthwiseParams::default()
+        };
+        let e = conv2d(
+            &tensor(&x, &[n, cin, h, w]),
+            &tensor(&we, &[hidden, cin, k, k]),
+            Some(&tensor(&be, &[hidden])),
+            &params,
+        )
+        .unwrap();
+        let (_, _, eh, ew) = e.dims4().unwrap();
+        let wdt = tensor(&wd, &[hidden, 1, 3, 3]);
+        let d = depthwise_conv2d_fused(&e, &wdt, Some(&tensor(&bd, &[hidden])), relu6, &dp);
+        let (wpt, bpt) = (tensor(&wp, &[cout, hidden, 1, 1]), tensor(&bp, &[cout]));
+        let want = pointwise(&d.unwrap(), &wpt, &bpt, FusedActivation::None, None);
+        let clip = Some((0.0, 6.0));
+        let block = Block {
+            expand: Some(Expansion {
+                w: &we,
+                kernel: (k, k),
+                params,
+                bias: Some(&be),
+                clamp: clip,
+            }),
+            depthwise: Depthwise {
+                geom: RowGeom {
+                    c: hidden,
+                    inp: (eh, ew),
+                    k: (3, 3),
+                    p: dp,
+                },
+                w: &wd,
+                bias: Some(&bd),
+                clamp: clip,
+            },
+            project: Pointwise {
+                w: &wp,
+                bias: Some(&bp),
+                clamp: None,
+            },
+        };
+        let (got, dims) = inverted_residual(&block, &x, [n, cin, h, w], None).unwrap();
+        assert_eq!(dims, [n, cout, eh, ew]);
+        let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let bad = got
+            .iter()
+            .zip(&want)
+            .position(|(a, b)| a.to_bits() != b.to_bits());
+        assert_eq!(
+            (got.len(), bad),
+            (want.len(), None),
+            "case {n} {cin} {h}x{w} k{k} s{stride}"
+        );
+    }
+}
+
 #[test]
 fn mismatched_operands_are_errors_not_panics() {
     let (w, b) = (vec![0.0f32; 8 * 4], vec![0.0f32; 8]);
@@ -177,11 +260,11 @@ fn mismatched_operands_are_errors_not_panics() {
     };
     let taps = vec![0.0f32; 8 * 9];
     let block = Block {
-        expand: Some(Pointwise {
+        expand: Some(Expansion::pointwise(Pointwise {
             w: &w,
             bias: Some(&b),
             clamp: None,
-        }),
+        })),
         depthwise: Depthwise {
             geom,
             w: &taps,
@@ -265,11 +348,11 @@ fn inverted_residual_times() {
         });
         let clip = Some((0.0, 6.0));
         let block = Block {
-            expand: expand.then_some(Pointwise {
+            expand: expand.then_some(Expansion::pointwise(Pointwise {
                 w: &we,
                 bias: Some(&be),
                 clamp: clip,
-            }),
+            })),
             depthwise: Depthwise {
                 geom: RowGeom {
                     c: hidden,
@@ -292,5 +375,73 @@ fn inverted_residual_times() {
             drop(inverted_residual(&block, &x, [n, cin, side, side], res).unwrap())
         });
         println!("{cin:>4}->{hidden:<4}->{cout:<4} {side:>3}x{side:<3} s{stride}: unfused {unfused:6.2} ms, fused {fused:6.2} ms");
+    }
+}
+
+/// Fused against unfused on MobileNetV2's stem and first block at batch 8 (run with
+/// `--ignored --nocapture` in release).
+#[test]
+#[ignore]
+fn stem_block_times() {
+    use crate::exec::kernels::test_util::best_ms;
+    crate::process_tuning::tune_process();
+    let (n, hidden, cout, side) = (8, 32, 16, 224);
+    let mut rng = Lcg(5);
+    let x = rng.vec_f32(n * 3 * side * side);
+    let (we, be) = (rng.vec_f32(hidden * 27), rng.vec_f32(hidden));
+    let (wd, bd) = (rng.vec_f32(hidden * 9), rng.vec_f32(hidden));
+    let (wp, bp) = (rng.vec_f32(cout * hidden), rng.vec_f32(cout));
+    let relu6 = FusedActivation::Clip(0.0, 6.0);
+    let params = Conv2dParams {
+        stride: [2, 2],
+        pads: [1; 4],
+        activation: relu6,
+        ..Conv2dParams::default()
+    };
+    let dp = DepthwiseParams {
+        pads: [1; 4],
+        ..DepthwiseParams::default()
+    };
+    let xt = tensor(&x, &[n, 3, side, side]);
+    let (wet, bet) = (tensor(&we, &[hidden, 3, 3, 3]), tensor(&be, &[hidden]));
+    let (wdt, bdt) = (tensor(&wd, &[hidden, 1, 3, 3]), tensor(&bd, &[hidden]));
+    let (wpt, bpt) = (tensor(&wp, &[cout, hidden, 1, 1]), tensor(&bp, &[cout]));
+    for _ in 0..3 {
+        let unfused = best_ms(10, || {
+            let e = conv2d(&xt, &wet, Some(&bet), &params).unwrap();
+            let d = depthwise_conv2d_fused(&e, &wdt, Some(&bdt), relu6, &dp).unwrap();
+            drop(pointwise(&d, &wpt, &bpt, FusedActivation::None, None))
+        });
+        let clip = Some((0.0, 6.0));
+        let block = Block {
+            expand: Some(Expansion {
+                w: &we,
+                kernel: (3, 3),
+                params,
+                bias: Some(&be),
+                clamp: clip,
+            }),
+            depthwise: Depthwise {
+                geom: RowGeom {
+                    c: hidden,
+                    inp: (112, 112),
+                    k: (3, 3),
+                    p: dp,
+                },
+                w: &wd,
+                bias: Some(&bd),
+                clamp: clip,
+            },
+            project: Pointwise {
+                w: &wp,
+                bias: Some(&bp),
+                clamp: None,
+            },
+        };
+        let dims = [n, 3, side, side];
+        let fused = best_ms(10, || {
+            drop(inverted_residual(&block, &x, dims, None).unwrap())
+        });
+        println!("stem + first block: unfused {unfused:6.2} ms, fused {fused:6.2} ms");
     }
 }

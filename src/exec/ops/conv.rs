@@ -143,6 +143,23 @@ pub(super) fn depthwise_params(
     })
 }
 
+/// The attributes of an ungrouped 2-D `Conv` node over `[h, w]` images with a `k` kernel
+/// (no activation).
+pub(super) fn conv_params(
+    ctx: &OpCtx,
+    [h, w]: [usize; 2],
+    k: (usize, usize),
+) -> Result<Conv2dParams> {
+    let g = geometry(ctx, &[h, w], [k.0, k.1], 2, false)?;
+    Ok(Conv2dParams {
+        stride: g.stride,
+        dilation: g.dilation,
+        pads: g.pads,
+        groups: 1,
+        activation: FusedActivation::None,
+    })
+}
+
 /// Makes input and weight 4-D; returns the number of spatial axes (1 or 2).
 fn to_4d(ctx: &OpCtx, x: &Tensor, w: &Tensor) -> Result<(Tensor, Tensor, usize)> {
     match x.rank() {

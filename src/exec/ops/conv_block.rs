@@ -1,6 +1,6 @@
 //! Runs a fused inverted-residual block (`exec::block_fusion`) with
 //! `kernels::inverted_residual` when its operands suit the kernel: f32 on a CPU with AVX2 and
-//! FMA, 2-D, an expanded activation large enough to leave the cache between layers, and a
+//! FMA, 2-D, an expanded activation (the depthwise convolution's input) large enough to leave the cache between layers, and a
 //! residual shaped like the output. Otherwise it answers `None` and the executor runs the
 //! block's nodes one by one.
 
@@ -8,13 +8,15 @@ use std::collections::HashMap;
 
 use candle_core::{DType as CDType, Device, Storage, Tensor};
 
-use super::conv::depthwise_params;
+use super::conv::{conv_params, depthwise_params};
 use super::OpCtx;
 use crate::exec::block_fusion::BlockFusion;
 use crate::exec::error::{ExecError, Result};
 use crate::exec::kernels::conv2d::FusedActivation;
 use crate::exec::kernels::depthwise::RowGeom;
-use crate::exec::kernels::inverted_residual::{self as kernel, Block, Depthwise, Pointwise};
+use crate::exec::kernels::inverted_residual::{
+    self as kernel, Block, Depthwise, Expansion, Pointwise,
+};
 use crate::exec::Value;
 use crate::graph::{DType, Node};
 
@@ -72,12 +74,8 @@ pub(in crate::exec) fn inverted_residual(b: &BlockFusion, run: &BlockRun) -> Res
     let expand = b.expand.map(params).transpose()?;
     let (wd, dims_d, bd) = params(b.depthwise)?;
     let (wp, _, bp) = params(b.project)?;
-    let hidden = expand.as_ref().map_or(cin, |(_, d, _)| d[0]);
-    if hidden * h * w * 4 < FUSE_MIN_HIDDEN_BYTES || dims_d.len() != 4 || dims_d[0] != hidden {
-        return Ok(None);
-    }
-    let ctx = OpCtx {
-        node: &run.nodes[b.depthwise],
+    let ctx_of = |i: usize| OpCtx {
+        node: &run.nodes[i],
         inputs: Vec::new(),
         opset: run.opset,
         device: run.device,
@@ -87,20 +85,47 @@ pub(in crate::exec) fn inverted_residual(b: &BlockFusion, run: &BlockRun) -> Res
         train: false,
         qat: false,
     };
+    // The expansion's attributes and output size (the depthwise convolution's input).
+    let (expand_params, mid) = match (&expand, b.expand) {
+        (Some((_, d, _)), Some(i)) if d.len() == 4 => {
+            let p = conv_params(&ctx_of(i), [h, w], (d[2], d[3]))?;
+            let side = |a: usize, len: usize| {
+                let extent = p.dilation[a] * (d[2 + a] - 1) + 1;
+                let padded = len + p.pads[a] + p.pads[a + 2];
+                (padded >= extent).then(|| (padded - extent) / p.stride[a] + 1)
+            };
+            match (side(0, h), side(1, w)) {
+                (Some(eh), Some(ew)) => (Some(p), (eh, ew)),
+                _ => return Ok(None), // the node's own kernel reports the error
+            }
+        }
+        (Some(_), _) => return Ok(None),
+        _ => (None, (h, w)),
+    };
+    let hidden = expand.as_ref().map_or(cin, |(_, d, _)| d[0]);
+    let hidden_bytes = hidden * mid.0 * mid.1 * 4;
+    if hidden_bytes < FUSE_MIN_HIDDEN_BYTES || dims_d.len() != 4 || dims_d[0] != hidden {
+        return Ok(None);
+    }
     let k = (dims_d[2], dims_d[3]);
-    let p = depthwise_params(&ctx, [h, w], k)?;
+    let p = depthwise_params(&ctx_of(b.depthwise), [mid.0, mid.1], k)?;
     let clamp = |a: FusedActivation| (a != FusedActivation::None).then(|| bounds(a));
     let [expand_act, dw_act, out_act] = b.activations;
     let block = Block {
-        expand: expand.as_ref().map(|(w, _, bias)| Pointwise {
-            w,
-            bias: bias.as_deref(),
-            clamp: clamp(expand_act),
-        }),
+        expand: expand
+            .as_ref()
+            .zip(expand_params)
+            .map(|((w, d, bias), params)| Expansion {
+                w,
+                kernel: (d[2], d[3]),
+                params,
+                bias: bias.as_deref(),
+                clamp: clamp(expand_act),
+            }),
         depthwise: Depthwise {
             geom: RowGeom {
                 c: hidden,
-                inp: (h, w),
+                inp: mid,
                 k,
                 p,
             },
