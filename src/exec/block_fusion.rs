@@ -31,7 +31,7 @@ pub(super) struct BlockFusion {
     /// Every node the block runs apart from its first, in run order.
     pub absorbed: Vec<usize>,
     /// The values the block never produces (wanted by no caller for it to run fused).
-    pub hidden: Vec<String>,
+    pub unproduced: Vec<String>,
     /// The value the block produces.
     pub output: String,
 }
@@ -147,7 +147,7 @@ fn block_at(
     [expansion, depthwise, pointwise]: [Check; 3],
 ) -> Option<BlockFusion> {
     let out = |i: usize| nodes[i].outputs[0].clone();
-    let (mut absorbed, mut hidden) = (Vec::new(), Vec::new());
+    let (mut absorbed, mut unproduced) = (Vec::new(), Vec::new());
     // Node `i` with its fused activation (no residual): the activation, and the only
     // reader of the result, which must be the next convolution of the block.
     let mut follow = |i: usize| -> Option<(FusedActivation, usize)> {
@@ -156,10 +156,10 @@ fn block_at(
             Some(f) if f.residual.is_none() => (f.consumer, f.activation),
             Some(_) => return None,
         };
-        hidden.push(out(i));
+        unproduced.push(out(i));
         if last != i {
             absorbed.push(last);
-            hidden.push(out(last));
+            unproduced.push(out(last));
         }
         let next = sole_reader(&nodes[last].outputs[0])?;
         absorbed.push(next);
@@ -184,12 +184,12 @@ fn block_at(
         Some(f) => (f.residual, f.consumer, f.activation),
     };
     if end != project {
-        hidden.push(out(project));
+        unproduced.push(out(project));
         absorbed.push(end);
     }
     if let Some((add, _)) = residual.filter(|&(add, _)| add != end) {
         absorbed.push(add);
-        hidden.push(out(add));
+        unproduced.push(out(add));
     }
     Some(BlockFusion {
         expand,
@@ -198,7 +198,7 @@ fn block_at(
         activations: [expand_act, dw_act, act],
         residual,
         absorbed,
-        hidden,
+        unproduced,
         output: out(end),
     })
 }

@@ -71,9 +71,9 @@ fn plans_the_whole_block_from_its_first_convolution() {
     let mut absorbed = b.absorbed.clone();
     absorbed.sort();
     assert_eq!(absorbed, [1, 2, 3, 4, 5]);
-    let mut hidden = b.hidden.clone();
-    hidden.sort();
-    assert_eq!(hidden, ["d_act", "d_out", "e_act", "e_out", "p_out"]);
+    let mut unproduced = b.unproduced.clone();
+    unproduced.sort();
+    assert_eq!(unproduced, ["d_act", "d_out", "e_act", "e_out", "p_out"]);
     assert!(plan[1..].iter().all(Option::is_none));
     // Without an expansion the block starts at the depthwise convolution.
     let plan = blocks(&block_model(false, 2), false);
@@ -105,7 +105,7 @@ fn a_second_reader_of_an_intermediate_stops_the_block() {
     let plan: Vec<BlockFusion> = blocks(&m, false).into_iter().flatten().collect();
     assert_eq!(plan.len(), 1);
     assert_eq!(plan[0].expand, None);
-    assert!(!plan[0].hidden.contains(&"e_act".to_string()));
+    assert!(!plan[0].unproduced.contains(&"e_act".to_string()));
 }
 
 /// A deterministic input for `block_model` with `c` channels.
@@ -242,4 +242,23 @@ fn a_stem_convolution_leads_a_fused_block() {
     assert_eq!(ops, ["InvertedResidual"]);
     let (plain, _) = run(ExecOptions::default());
     assert_same_bits(&fused, &plain, "stem");
+}
+
+#[test]
+fn operands_the_kernel_cannot_take_are_reported_by_their_own_nodes() {
+    let feeds = input(8);
+    let run = |m: &Model| {
+        let exec = Executor::new(m, ExecOptions::inference(&Device::Cpu)).unwrap();
+        exec.run(&feeds).map(|_| ()).unwrap_err().to_string()
+    };
+    // A projection weight with as many values but the wrong input channels.
+    let mut m = block_model(true, 1);
+    m.graph.initializers.get_mut("wp").unwrap().dims = vec![16, 32, 1, 1];
+    let err = run(&m);
+    assert!(err.contains("'p'") || err.contains("p:"), "{err}");
+    // A zero stride on the expansion: an error, not a division by zero.
+    let mut m = block_model(true, 1);
+    m.graph.nodes[0].set_ints("strides", &[0, 0]);
+    let err = run(&m);
+    assert!(err.contains("stride"), "{err}");
 }

@@ -242,7 +242,7 @@ impl Executor {
             }
             if let Some(block) = &self.blocks[i] {
                 let wanted = |v: &String| watched(v) || keep.contains(&v.as_str());
-                if !block.hidden.iter().any(wanted) {
+                if !block.unproduced.iter().any(wanted) {
                     let start = times.is_some().then(std::time::Instant::now);
                     let run = ops::BlockRun {
                         nodes: &self.nodes,

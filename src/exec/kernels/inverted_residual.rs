@@ -93,7 +93,8 @@ struct Sizes {
     out: (usize, usize),
     /// The expansion's geometry over one image.
     expand: Option<ConvGeom>,
-    /// Output rows per strip, and the most input rows one strip reads.
+    /// Output rows per strip, and the most input rows a strip of that many rows can read
+    /// wherever it starts (bands start anywhere, not only at multiples of `strip`).
     strip: usize,
     strip_in: usize,
 }
@@ -141,14 +142,8 @@ impl Sizes {
         let out = g.output()?;
         let row_bytes = 4 * hidden * (g.p.stride[0] * mid.1 + out.1);
         let strip = (STRIP_BYTES / row_bytes.max(1)).clamp(1, out.0.max(1));
-        let strip_in = (0..out.0)
-            .step_by(strip)
-            .map(|r0| {
-                let (lo, hi) = g.input_rows((r0, (r0 + strip).min(out.0)));
-                hi - lo
-            })
-            .max()
-            .unwrap_or(0);
+        let extent = g.p.dilation[0] * (g.k.0 - 1) + 1;
+        let strip_in = ((strip - 1) * g.p.stride[0] + extent).min(mid.0);
         Ok(Sizes {
             n,
             cin,
@@ -181,7 +176,7 @@ pub fn available() -> bool {
 /// The output of the block, written by several threads at disjoint places.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: each task writes only its own image's rows (see `run_band`).
+// SAFETY: tasks write disjoint rows of the output (each its image's band, see `run_band`).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
@@ -283,6 +278,12 @@ fn run_band(
     for r0 in (rows.0..rows.1).step_by(s.strip) {
         let r1 = (r0 + s.strip).min(rows.1);
         let (lo, hi) = dw.geom.input_rows((r0, r1));
+        // The rolling buffer holds `strip_in` rows per channel (a bound for any strip).
+        assert!(
+            hi - lo <= s.strip_in,
+            "inverted_residual: a strip reads {} rows",
+            hi - lo
+        );
         let source = match (&b.expand, packed_expand) {
             (Some(e), Some(pe)) => {
                 // Rows already expanded for the previous strip move to the front.

@@ -50,7 +50,15 @@ fn pointwise(
     }
 }
 
-fn check((n, cin, hidden, cout, h, w, k, stride, pads, expand, residual): Case) {
+fn check(case: Case) {
+    check_dilated(case, 1);
+}
+
+/// `check` with the depthwise convolution dilated.
+fn check_dilated(
+    (n, cin, hidden, cout, h, w, k, stride, pads, expand, residual): Case,
+    dil: usize,
+) {
     let mut rng = Lcg(n as u64 * 31 + h as u64);
     let x = rng.vec_f32(n * cin * h * w);
     let hidden = if expand { hidden } else { cin };
@@ -60,7 +68,7 @@ fn check((n, cin, hidden, cout, h, w, k, stride, pads, expand, residual): Case) 
     let relu6 = FusedActivation::Clip(0.0, 6.0);
     let dp = DepthwiseParams {
         stride: [stride, stride],
-        dilation: [1, 1],
+        dilation: [dil, dil],
         pads,
     };
     // Unfused.
@@ -243,6 +251,30 @@ fn a_spatial_expansion_gives_the_bits_of_the_unfused_kernels() {
             (want.len(), None),
             "case {n} {cin} {h}x{w} k{k} s{stride}"
         );
+    }
+}
+
+/// A batch smaller than the thread pool splits each image into bands of rows, which start
+/// anywhere (not at multiples of the strip): with a dilated or asymmetrically padded
+/// depthwise convolution such a band's strip reads more input rows than the strips from
+/// row 0 do, and the rolling buffer must hold them.
+#[test]
+fn bands_of_rows_hold_every_input_row_they_read() {
+    let cases: &[(Case, usize)] = &[
+        ((1, 8, 960, 8, 17, 17, 3, 1, [4, 4, 4, 4], true, true), 4),
+        ((1, 8, 1024, 8, 6, 32, 3, 1, [2, 1, 0, 1], true, false), 1),
+        ((2, 8, 480, 16, 23, 20, 3, 2, [2, 2, 2, 2], true, false), 2),
+    ];
+    for threads in [2, 3, 4] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            for &(case, dil) in cases {
+                check_dilated(case, dil);
+            }
+        });
     }
 }
 

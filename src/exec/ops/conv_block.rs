@@ -1,8 +1,9 @@
 //! Runs a fused inverted-residual block (`exec::block_fusion`) with
 //! `kernels::inverted_residual` when its operands suit the kernel: f32 on a CPU with AVX2 and
-//! FMA, 2-D, an expanded activation (the depthwise convolution's input) large enough to leave the cache between layers, and a
-//! residual shaped like the output. Otherwise it answers `None` and the executor runs the
-//! block's nodes one by one.
+//! FMA, 2-D, an expanded activation (the depthwise convolution's input) large enough to leave
+//! the cache between layers, a projection weight `[C_out, C_hidden, 1, 1]` and a residual
+//! shaped like the output. Otherwise it answers `None` and the executor runs the block's nodes
+//! one by one (which report whatever is wrong with them).
 
 use std::collections::HashMap;
 
@@ -73,7 +74,7 @@ pub(in crate::exec) fn inverted_residual(b: &BlockFusion, run: &BlockRun) -> Res
     };
     let expand = b.expand.map(params).transpose()?;
     let (wd, dims_d, bd) = params(b.depthwise)?;
-    let (wp, _, bp) = params(b.project)?;
+    let (wp, dims_p, bp) = params(b.project)?;
     let ctx_of = |i: usize| OpCtx {
         node: &run.nodes[i],
         inputs: Vec::new(),
@@ -90,6 +91,9 @@ pub(in crate::exec) fn inverted_residual(b: &BlockFusion, run: &BlockRun) -> Res
         (Some((_, d, _)), Some(i)) if d.len() == 4 => {
             let p = conv_params(&ctx_of(i), [h, w], (d[2], d[3]))?;
             let side = |a: usize, len: usize| {
+                if p.stride[a] == 0 || p.dilation[a] == 0 || d[2 + a] == 0 {
+                    return None;
+                }
                 let extent = p.dilation[a] * (d[2 + a] - 1) + 1;
                 let padded = len + p.pads[a] + p.pads[a + 2];
                 (padded >= extent).then(|| (padded - extent) / p.stride[a] + 1)
@@ -104,11 +108,19 @@ pub(in crate::exec) fn inverted_residual(b: &BlockFusion, run: &BlockRun) -> Res
     };
     let hidden = expand.as_ref().map_or(cin, |(_, d, _)| d[0]);
     let hidden_bytes = hidden * mid.0 * mid.1 * 4;
-    if hidden_bytes < FUSE_MIN_HIDDEN_BYTES || dims_d.len() != 4 || dims_d[0] != hidden {
+    let projects_hidden = dims_p.len() == 4 && dims_p[1..] == [hidden, 1, 1];
+    if hidden_bytes < FUSE_MIN_HIDDEN_BYTES
+        || dims_d.len() != 4
+        || dims_d[0] != hidden
+        || !projects_hidden
+    {
         return Ok(None);
     }
     let k = (dims_d[2], dims_d[3]);
-    let p = depthwise_params(&ctx_of(b.depthwise), [mid.0, mid.1], k)?;
+    // Attributes the depthwise node's own kernel would reject: it runs, and reports them.
+    let Ok(p) = depthwise_params(&ctx_of(b.depthwise), [mid.0, mid.1], k) else {
+        return Ok(None);
+    };
     let clamp = |a: FusedActivation| (a != FusedActivation::None).then(|| bounds(a));
     let [expand_act, dw_act, out_act] = b.activations;
     let block = Block {
@@ -143,8 +155,10 @@ pub(in crate::exec) fn inverted_residual(b: &BlockFusion, run: &BlockRun) -> Res
         Some((add, slot)) => Some(get(&run.nodes[add].inputs[slot])?),
         None => None,
     };
-    let (oh, ow) = block.depthwise.geom.output()?;
-    let cout = wp.len() / hidden.max(1);
+    let Ok((oh, ow)) = block.depthwise.geom.output() else {
+        return Ok(None);
+    };
+    let cout = dims_p[0];
     if residual.is_some_and(|r| !f32_4d(r) || r.tensor.dims() != [n, cout, oh, ow]) {
         return Ok(None);
     }
