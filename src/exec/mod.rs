@@ -15,7 +15,7 @@ mod value;
 
 pub use error::{ExecError, Result};
 pub use executor::{ExecOptions, Executor, NodeTime};
-pub use value::{storage_dtype, Value};
+pub use value::{storage_dtype, with_f32_slice, Value};
 
 /// Parses a device name: "cpu", "cuda" or "cuda:N".
 pub fn parse_device(name: &str) -> Result<candle_core::Device> {

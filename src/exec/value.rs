@@ -5,10 +5,23 @@
 //! type (f32, or f64 for gradient checks), and remembers the ONNX type so
 //! outputs are written back with the right one.
 
-use candle_core::{DType as CDType, Device, Tensor};
+use candle_core::{DType as CDType, Device, Storage, Tensor};
 
 use super::error::{ExecError, Result};
 use crate::graph::{DType, Tensor as IrTensor};
+
+/// Calls `f` with the tensor's values as one f32 slice: borrowed from a contiguous f32 CPU
+/// tensor, copied otherwise.
+pub fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    if t.dtype() == CDType::F32 {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+            return Ok(f(&cpu.as_slice::<f32>()?[start..end]));
+        }
+    }
+    let flat = t.flatten_all()?.to_dtype(CDType::F32)?.to_vec1::<f32>()?;
+    Ok(f(&flat))
+}
 
 /// A tensor flowing through the executor.
 #[derive(Clone, Debug)]

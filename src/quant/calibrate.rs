@@ -4,10 +4,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use candle_core::{DType as CDType, Storage, Tensor};
-
 use super::observer::{Histograms, Observer};
-use crate::exec::{ExecError, Executor, Value};
+use crate::exec::{with_f32_slice, ExecError, Executor, Value};
 
 /// What to record for one tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,19 +55,4 @@ impl Calibrator {
         self.batches += 1;
         Ok(outs)
     }
-}
-
-/// Calls `f` with the tensor's values as one f32 slice: borrowed from a
-/// contiguous f32 CPU tensor, copied otherwise.
-fn with_f32_slice(t: &Tensor, f: impl FnOnce(&[f32])) -> candle_core::Result<()> {
-    if t.dtype() == CDType::F32 {
-        let (storage, layout) = t.storage_and_layout();
-        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
-            f(&cpu.as_slice::<f32>()?[start..end]);
-            return Ok(());
-        }
-    }
-    let flat = t.flatten_all()?.to_dtype(CDType::F32)?.to_vec1::<f32>()?;
-    f(&flat);
-    Ok(())
 }

@@ -50,6 +50,58 @@ fn pointwise(
     }
 }
 
+/// ReLU6's bounds, after the expansion and the depthwise convolution of the test blocks.
+const RELU6: Option<(f32, f32)> = Some((0.0, 6.0));
+
+/// A 1x1 expansion with a bias, then ReLU6.
+fn pointwise_relu6<'a>(w: &'a [f32], bias: &'a [f32]) -> Expansion<'a> {
+    Expansion::pointwise(Pointwise {
+        w,
+        bias: Some(bias),
+        clamp: RELU6,
+    })
+}
+
+/// A spatial expansion (`params`, a `k x k` kernel) with a bias, then ReLU6.
+fn spatial_relu6<'a>(
+    w: &'a [f32],
+    bias: &'a [f32],
+    k: usize,
+    params: Conv2dParams,
+) -> Expansion<'a> {
+    Expansion {
+        w,
+        kernel: (k, k),
+        params,
+        bias: Some(bias),
+        clamp: RELU6,
+    }
+}
+
+/// A test block: `expand`, then the depthwise convolution of `geom` (taps and bias) and
+/// ReLU6, then the projection (weights, bias, clamp).
+fn relu6_block<'a>(
+    expand: Option<Expansion<'a>>,
+    geom: RowGeom,
+    (wd, bd): (&'a [f32], &'a [f32]),
+    (wp, bp, clamp): (&'a [f32], &'a [f32], Option<(f32, f32)>),
+) -> Block<'a> {
+    Block {
+        expand,
+        depthwise: Depthwise {
+            geom,
+            w: wd,
+            bias: Some(bd),
+            clamp: RELU6,
+        },
+        project: Pointwise {
+            w: wp,
+            bias: Some(bp),
+            clamp,
+        },
+    }
+}
+
 fn check(case: Case) {
     check_dilated(case, 1);
 }
@@ -107,30 +159,18 @@ fn check_dilated(
         rt.as_ref(),
     );
     // Fused.
-    let clip = Some((0.0, 6.0));
-    let block = Block {
-        expand: expand.then_some(Expansion::pointwise(Pointwise {
-            w: &we,
-            bias: Some(&be),
-            clamp: clip,
-        })),
-        depthwise: Depthwise {
-            geom: RowGeom {
-                c: hidden,
-                inp: (h, w),
-                k: (k, k),
-                p: dp,
-            },
-            w: &wd,
-            bias: Some(&bd),
-            clamp: clip,
-        },
-        project: Pointwise {
-            w: &wp,
-            bias: Some(&bp),
-            clamp: residual.then_some((0.0, f32::INFINITY)),
-        },
+    let geom = RowGeom {
+        c: hidden,
+        inp: (h, w),
+        k: (k, k),
+        p: dp,
     };
+    let block = relu6_block(
+        expand.then_some(pointwise_relu6(&we, &be)),
+        geom,
+        (&wd, &bd),
+        (&wp, &bp, residual.then_some((0.0, f32::INFINITY))),
+    );
     let (got, dims) =
         inverted_residual(&block, &x, [n, cin, h, w], residual.then_some(&res[..])).unwrap();
     assert_eq!(dims, [n, cout, oh, ow]);
@@ -213,32 +253,18 @@ fn a_spatial_expansion_gives_the_bits_of_the_unfused_kernels() {
         let d = depthwise_conv2d_fused(&e, &wdt, Some(&tensor(&bd, &[hidden])), relu6, &dp);
         let (wpt, bpt) = (tensor(&wp, &[cout, hidden, 1, 1]), tensor(&bp, &[cout]));
         let want = pointwise(&d.unwrap(), &wpt, &bpt, FusedActivation::None, None);
-        let clip = Some((0.0, 6.0));
-        let block = Block {
-            expand: Some(Expansion {
-                w: &we,
-                kernel: (k, k),
-                params,
-                bias: Some(&be),
-                clamp: clip,
-            }),
-            depthwise: Depthwise {
-                geom: RowGeom {
-                    c: hidden,
-                    inp: (eh, ew),
-                    k: (3, 3),
-                    p: dp,
-                },
-                w: &wd,
-                bias: Some(&bd),
-                clamp: clip,
-            },
-            project: Pointwise {
-                w: &wp,
-                bias: Some(&bp),
-                clamp: None,
-            },
+        let geom = RowGeom {
+            c: hidden,
+            inp: (eh, ew),
+            k: (3, 3),
+            p: dp,
         };
+        let block = relu6_block(
+            Some(spatial_relu6(&we, &be, k, params)),
+            geom,
+            (&wd, &bd),
+            (&wp, &bp, None),
+        );
         let (got, dims) = inverted_residual(&block, &x, [n, cin, h, w], None).unwrap();
         assert_eq!(dims, [n, cout, eh, ew]);
         let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -378,30 +404,18 @@ fn inverted_residual_times() {
                 rt.as_ref(),
             ))
         });
-        let clip = Some((0.0, 6.0));
-        let block = Block {
-            expand: expand.then_some(Expansion::pointwise(Pointwise {
-                w: &we,
-                bias: Some(&be),
-                clamp: clip,
-            })),
-            depthwise: Depthwise {
-                geom: RowGeom {
-                    c: hidden,
-                    inp: (side, side),
-                    k: (3, 3),
-                    p: dp,
-                },
-                w: &wd,
-                bias: Some(&bd),
-                clamp: clip,
-            },
-            project: Pointwise {
-                w: &wp,
-                bias: Some(&bp),
-                clamp: None,
-            },
+        let geom = RowGeom {
+            c: hidden,
+            inp: (side, side),
+            k: (3, 3),
+            p: dp,
         };
+        let block = relu6_block(
+            expand.then_some(pointwise_relu6(&we, &be)),
+            geom,
+            (&wd, &bd),
+            (&wp, &bp, None),
+        );
         let res = residual.then_some(&res[..]);
         let fused = best_ms(if only.is_some() { 100 } else { 10 }, || {
             drop(inverted_residual(&block, &x, [n, cin, side, side], res).unwrap())
@@ -444,32 +458,18 @@ fn stem_block_times() {
             let d = depthwise_conv2d_fused(&e, &wdt, Some(&bdt), relu6, &dp).unwrap();
             drop(pointwise(&d, &wpt, &bpt, FusedActivation::None, None))
         });
-        let clip = Some((0.0, 6.0));
-        let block = Block {
-            expand: Some(Expansion {
-                w: &we,
-                kernel: (3, 3),
-                params,
-                bias: Some(&be),
-                clamp: clip,
-            }),
-            depthwise: Depthwise {
-                geom: RowGeom {
-                    c: hidden,
-                    inp: (112, 112),
-                    k: (3, 3),
-                    p: dp,
-                },
-                w: &wd,
-                bias: Some(&bd),
-                clamp: clip,
-            },
-            project: Pointwise {
-                w: &wp,
-                bias: Some(&bp),
-                clamp: None,
-            },
+        let geom = RowGeom {
+            c: hidden,
+            inp: (112, 112),
+            k: (3, 3),
+            p: dp,
         };
+        let block = relu6_block(
+            Some(spatial_relu6(&we, &be, 3, params)),
+            geom,
+            (&wd, &bd),
+            (&wp, &bp, None),
+        );
         let dims = [n, 3, side, side];
         let fused = best_ms(10, || {
             drop(inverted_residual(&block, &x, dims, None).unwrap())

@@ -135,11 +135,11 @@ pub(super) fn depthwise_params(
     [h, w]: [usize; 2],
     k: (usize, usize),
 ) -> Result<DepthwiseParams> {
-    let g = geometry(ctx, &[h, w], [k.0, k.1], 2, false)?;
+    let p = conv_params(ctx, [h, w], k)?;
     Ok(DepthwiseParams {
-        stride: g.stride,
-        dilation: g.dilation,
-        pads: g.pads,
+        stride: p.stride,
+        dilation: p.dilation,
+        pads: p.pads,
     })
 }
 

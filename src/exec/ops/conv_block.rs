@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType as CDType, Device, Storage, Tensor};
+use candle_core::{DType as CDType, Device, Tensor};
 
 use super::conv::{conv_params, depthwise_params};
 use super::OpCtx;
@@ -18,7 +18,7 @@ use crate::exec::kernels::depthwise::RowGeom;
 use crate::exec::kernels::inverted_residual::{
     self as kernel, Block, Depthwise, Expansion, Pointwise,
 };
-use crate::exec::Value;
+use crate::exec::{with_f32_slice, Value};
 use crate::graph::{DType, Node};
 
 /// Below this many bytes of expanded activations per image the unfused kernels are as fast:
@@ -162,10 +162,8 @@ pub(in crate::exec) fn inverted_residual(b: &BlockFusion, run: &BlockRun) -> Res
     if residual.is_some_and(|r| !f32_4d(r) || r.tensor.dims() != [n, cout, oh, ow]) {
         return Ok(None);
     }
-    let x = x.tensor.contiguous()?;
-    let residual = residual.map(|r| r.tensor.contiguous()).transpose()?;
-    let (y, dims) = with_slice(&x, |xs| match &residual {
-        Some(r) => with_slice(r, |rs| {
+    let (y, dims) = with_f32_slice(&x.tensor, |xs| match residual {
+        Some(r) => with_f32_slice(&r.tensor, |rs| {
             kernel::inverted_residual(&block, xs, [n, cin, h, w], Some(rs))
         }),
         None => Ok(kernel::inverted_residual(&block, xs, [n, cin, h, w], None)),
@@ -181,15 +179,4 @@ type ConvParams = (Vec<f32>, Vec<usize>, Option<Vec<f32>>);
 fn bounds(a: FusedActivation) -> (f32, f32) {
     let (lo, hi) = a.bounds();
     (lo as f32, hi as f32)
-}
-
-/// `f` over a contiguous f32 CPU tensor's values.
-fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(cpu), Some((a, b))) => Ok(f(&cpu.as_slice::<f32>()?[a..b])),
-        _ => Err(ExecError::Candle(candle_core::Error::Msg(
-            "inverted_residual: operand is not a contiguous CPU tensor".into(),
-        ))),
-    }
 }
