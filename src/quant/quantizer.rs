@@ -188,7 +188,7 @@ impl Quantizer {
             let cfg = &plan.activations.get(rep).unwrap_or(config).activation;
             let grid = grid_of(cfg.dtype);
             let (lo, hi) = self.range_of(rep, obs, cfg, grid);
-            let params = QParams::from_range(lo, hi, grid, cfg.symmetric);
+            let params = QParams::for_activation(lo, hi, grid, cfg.symmetric);
             acts.insert(rep.to_string(), ActQuant { params, grid });
             ranges.insert(rep.to_string(), (lo, hi));
         }

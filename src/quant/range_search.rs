@@ -11,7 +11,9 @@ use crate::recipe::{ActivationAlgo, ActivationConfig};
 pub fn histograms_needed(cfg: &ActivationConfig) -> Histograms {
     let (signed, magnitude) = match (cfg.algo, cfg.symmetric) {
         (ActivationAlgo::Minmax, _) => (false, false),
-        (ActivationAlgo::Percentile, true) | (ActivationAlgo::Entropy, _) => (false, true),
+        // symmetric percentile searches one-sided tensors on the signed histogram
+        (ActivationAlgo::Percentile, true) => (true, true),
+        (ActivationAlgo::Entropy, _) => (false, true),
         (ActivationAlgo::Percentile, false) | (ActivationAlgo::Mse, _) => (true, false),
         (ActivationAlgo::Ifmr, false) | (ActivationAlgo::Hfmg, _) => (true, false),
         (ActivationAlgo::Ifmr, true) => (true, true),
@@ -19,9 +21,14 @@ pub fn histograms_needed(cfg: &ActivationConfig) -> Histograms {
     Histograms { signed, magnitude }
 }
 
-/// The float range `[lo, hi]` to quantize the observed tensor over.
+/// The float range `[lo, hi]` to quantize the observed tensor over. A
+/// tensor never negative in calibration gets a one-sided range `[0, hi]`
+/// even when `cfg.symmetric` (see [`QParams::for_activation`]).
+///
+/// [`QParams::for_activation`]: super::qparams::QParams::for_activation
 pub fn choose_range(obs: &Observer, cfg: &ActivationConfig, grid: IntGrid) -> (f64, f64) {
     let (min, max) = (obs.min.min(0.0) as f64, obs.max.max(0.0) as f64);
+    let symmetric = cfg.symmetric && min < 0.0;
     if !(obs.seen() && min.is_finite() && max.is_finite()) || max - min == 0.0 {
         return (min.min(0.0), max.max(0.0));
     }
@@ -30,13 +37,13 @@ pub fn choose_range(obs: &Observer, cfg: &ActivationConfig, grid: IntGrid) -> (f
         // Observed for another algorithm, without the histogram this one searches.
         return (min, max);
     }
-    let steps = grid_steps(grid, cfg.symmetric);
+    let steps = grid_steps(grid, symmetric);
     let p = cfg.percentile / 100.0;
     let clamp = |(lo, hi): (f64, f64)| (lo.max(min).min(0.0), hi.min(max).max(0.0));
     match cfg.algo {
         ActivationAlgo::Minmax => (min, max),
         ActivationAlgo::Percentile => {
-            if cfg.symmetric {
+            if symmetric {
                 let t = obs.magnitude.quantile(p);
                 (-t, t)
             } else {
@@ -45,13 +52,9 @@ pub fn choose_range(obs: &Observer, cfg: &ActivationConfig, grid: IntGrid) -> (f
         }
         ActivationAlgo::Entropy => {
             // One-sided tensors (after ReLU) spread all levels over [0, t].
-            let levels = if cfg.symmetric || min < 0.0 {
-                steps / 2
-            } else {
-                steps
-            };
+            let levels = if min < 0.0 { steps / 2 } else { steps };
             let t = kl_threshold(&obs.magnitude, levels.max(2));
-            if cfg.symmetric {
+            if symmetric {
                 (-t, t)
             } else {
                 clamp((-t, t))
@@ -59,10 +62,10 @@ pub fn choose_range(obs: &Observer, cfg: &ActivationConfig, grid: IntGrid) -> (f
         }
         ActivationAlgo::Mse => {
             let candidates = (1..=200).map(|k| k as f64 / 200.0);
-            best_scaled(&obs.signed, (min, max), candidates, cfg.symmetric, steps)
+            best_scaled(&obs.signed, (min, max), candidates, symmetric, steps)
         }
         ActivationAlgo::Ifmr => {
-            let start = if cfg.symmetric {
+            let start = if symmetric {
                 let t = obs.magnitude.quantile(p);
                 (-t, t)
             } else {
@@ -74,10 +77,10 @@ pub fn choose_range(obs: &Observer, cfg: &ActivationConfig, grid: IntGrid) -> (f
             let [from, to] = cfg.search_range;
             let n = ((to - from) / cfg.search_step).round() as usize;
             let candidates = (0..=n).map(|i| from + i as f64 * cfg.search_step);
-            best_scaled(&obs.signed, start, candidates, cfg.symmetric, steps)
+            best_scaled(&obs.signed, start, candidates, symmetric, steps)
         }
         ActivationAlgo::Hfmg => {
-            if cfg.symmetric {
+            if symmetric {
                 let n = obs.magnitude.bins();
                 let candidates = (1..=n).map(|k| k as f64 / n as f64);
                 let m = min.abs().max(max);
@@ -365,9 +368,7 @@ mod tests {
 
     #[test]
     fn relu_outputs_keep_zero_as_lower_bound() {
-        let mut o = Observer::new(2048, false);
         let v: Vec<f32> = (0..10_000).map(|i| (i % 100) as f32 / 10.0).collect();
-        o.observe(&v, &[v.len()]);
         for algo in [
             ActivationAlgo::Minmax,
             ActivationAlgo::Entropy,
@@ -376,9 +377,15 @@ mod tests {
             ActivationAlgo::Ifmr,
             ActivationAlgo::Hfmg,
         ] {
-            let (lo, hi) = choose_range(&o, &cfg(algo, false), IntGrid::INT8);
-            assert_eq!(lo, 0.0, "{algo:?}");
-            assert!(hi > 8.0 && hi <= 10.0 * 1.3 + 1e-9, "{algo:?}: {hi}");
+            for symmetric in [false, true] {
+                // only the histograms calibration fills for this setting
+                let mut o =
+                    Observer::filling(2048, false, histograms_needed(&cfg(algo, symmetric)));
+                o.observe(&v, &[v.len()]);
+                let (lo, hi) = choose_range(&o, &cfg(algo, symmetric), IntGrid::INT8);
+                assert_eq!(lo, 0.0, "{algo:?} symmetric {symmetric}");
+                assert!(hi > 8.0 && hi <= 10.0 * 1.3 + 1e-9, "{algo:?}: {hi}");
+            }
         }
     }
 

@@ -346,3 +346,38 @@ def test_uint8_weights_avoid_u8s8_saturation(name, tmp_path):
               f"SQNR vs float {sqnr[wtype]:.2f} dB (literal QDQ {sqnr_db(ref, literal[wtype]):.2f} dB)")
     np.testing.assert_array_equal(literal["uint8"], literal["int8"])
     assert sqnr["uint8"] >= sqnr["int8"], sqnr
+
+
+# (onnxruntime keeps MobileNetV2's depthwise convs in float with int8
+# activations, symmetric or not, as its own quantize_static output does)
+@pytest.mark.parametrize("name,atype", [("mnist_cnn", "uint8"), ("mnist_cnn", "int8"),
+                                        ("mobilenetv2", "uint8")])
+def test_symmetric_activations_keep_integer_kernels(name, atype, tmp_path):
+    """`activation.symmetric = true`: tensors with negative values get a zero
+    point in the grid's middle, tensors never negative in calibration (after
+    ReLU or ReLU6) the one-sided grid with the zero point at its lowest level,
+    so that onnxruntime still drops the Relu/Clip and runs every Conv as an
+    integer kernel. (A middle zero point after ReLU had kept every Conv but
+    one in float.)"""
+    data, pre = calib_npz(tmp_path, name)
+    recipe = write_recipe(tmp_path / "q.toml", model_path(name), data, preprocess=pre,
+                          extra=f'activation = {{ algo = "minmax", symmetric = true, type = "{atype}" }}')
+    run_amct("run", recipe, "--out", tmp_path / "out", "--cache", tmp_path / "cache")
+    qdir = tmp_path / "out" / "quantize"
+    tensors = json.loads((qdir / "quant_record.json").read_text())["tensors"]
+    qmin, mid = (0, 128) if atype == "uint8" else (-128, 0)
+    sides = {"one": 0, "two": 0}
+    for t, r in tensors.items():
+        lo, hi = r["range"]
+        assert r["symmetric"] and r["type"] == atype, (t, r)
+        if lo < 0:
+            assert r["zero_point"] == mid, (t, r)
+            sides["two"] += 1
+        else:
+            assert r["zero_point"] == qmin and lo == 0.0, (t, r)
+            sides["one"] += 1
+    assert sides["one"] > 0 and sides["two"] > 0, sides
+    n_convs = sum(n.op_type == "Conv" for n in onnx.load(str(model_path(name))).graph.node)
+    ops = optimized_ops(qdir / "deploy.onnx", tmp_path)
+    left = {op: n for op, n in ops.items() if op in FLOAT_KERNELS}
+    assert not left and ops["QLinearConv"] == n_convs, ops
