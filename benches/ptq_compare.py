@@ -486,7 +486,7 @@ def main() -> int:
                     help="only these calibration methods, onnxruntime's and amct's plain settings "
                          "(for the quantization-time comparison)")
     ap.add_argument("--amct-only", type=json.loads, metavar="JSON",
-                    help='only the amct settings with these keys, e.g. \'{"sym": true}\'')
+                    help='only the amct settings that set these keys to these values, e.g. \'{"sym": true}\'')
     ap.add_argument("--img-eval", type=int, default=None,
                     help="evaluation images for the 224x224 models (default 128, --quick 32)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "ptq_compare")
@@ -556,10 +556,10 @@ def main() -> int:
     amct_settings += [
         {"act": a, "sym": True, "wtype": "uint8", "only": ["mnist_cnn"]} for a in ["minmax", "hfmg"]
     ] + [{"act": "hfmg", "sym": True, "eq": "cle", "wtype": "uint8", "only": ["mnist_cnn"]}]
-    if args.amct_only:
-        amct_settings = [s for s in amct_settings if all(s.get(k) == v for k, v in args.amct_only.items())]
     if q:
         amct_settings = [{"act": "minmax"}, {"act": "hfmg"}, {"act": "hfmg", "bc": True}]
+    if args.amct_only:
+        amct_settings = [s for s in amct_settings if all(s.get(k) == v for k, v in args.amct_only.items())]
     if args.methods:
         ort_methods = [m for m in ort_methods if m.lower() in args.methods]
         amct_settings = [s for s in amct_settings if s == {"act": s["act"]} and s["act"] in args.methods]
@@ -792,48 +792,53 @@ def table(name: str, mr: dict, fl: dict) -> str:
     return out
 
 
+def pick(rows: list[dict], key: str, tiebreak: str) -> dict | None:
+    """The row with the highest `key` (ties: the highest `tiebreak`, then the first)."""
+    ok = [r for r in rows if r.get(key) is not None]
+    return max(ok, key=lambda r: (r[key], r.get(tiebreak) or 0)) if ok else None
+
+
 def best_settings(rows: list[dict], k1: str, k2: str, val: bool) -> str:
     """Each tool's best setting by the metric (ties: by the second metric)
     and, with a validation split, the one a user would pick on it without
-    the test set, with its test score."""
+    the test set, with its test score; then amct against the best peer
+    image by image, both ways of picking."""
     lines = ["Best setting of each tool" + (" (by test top-1, and the one picked by validation "
                                                 "top-1, with its test top-1):" if val else ":"), ""]
     for tool in dict.fromkeys(r["tool"] for r in rows if r["tool"] != "float"):
-        ok = [r for r in rows if r["tool"] == tool and r.get(k1) is not None]
-        if not ok:
+        mine = [r for r in rows if r["tool"] == tool]
+        b = pick(mine, k1, k2)
+        if not b:
             continue
-        b = max(ok, key=lambda r: (r[k1], r.get(k2) or 0))
         line = f"- {tool}: {fmt(b[k1])} ({b['setting']})"
         if val:
-            bv = max(ok, key=lambda r: (r.get("val_top1") or 0, r.get(k2) or 0))
+            bv = pick(mine, "val_top1", k2)
             line += f"; by validation: {fmt(bv.get('val_top1'))} -> test {fmt(bv[k1])} ({bv['setting']})"
         lines.append(line)
     if val:
-        lines += ["", paired_comparison(rows, k1)]
+        amct = [r for r in rows if r["tool"] == "amct"]
+        peers = [r for r in rows if r["tool"] not in ("amct", "float")]
+        lines.append("")
+        for how, key in [("best on test", k1), ("picked by validation", "val_top1")]:
+            lines.append(paired_comparison(how, pick(amct, key, k2), pick(peers, key, k2)))
     return "\n".join(lines) + "\n"
 
 
-def paired_comparison(rows: list[dict], k1: str) -> str:
-    """amct's best setting against the best peer's, image by image: how many
-    test images only one of them classifies correctly, and the exact
-    McNemar test's two-sided p-value (how likely so uneven a split is when
-    both models are equally accurate)."""
+def paired_comparison(how: str, a: dict | None, p: dict | None) -> str:
+    """Two models image by image: how many test images only one of them
+    classifies correctly, and the exact McNemar test's two-sided p-value
+    (how likely so uneven a split is when both are equally accurate)."""
     from math import comb
-    best = {}
-    for r in rows:
-        if r["tool"] != "float" and r.get(k1) is not None and r.get("pred_file"):
-            side = "amct" if r["tool"] == "amct" else "peer"
-            if side not in best or r[k1] > best[side][k1]:
-                best[side] = r
-    if len(best) < 2:
-        return ""
-    y = np.load(best["amct"]["eval_file"])["y"]
-    a, p = (np.load(best[s]["pred_file"]) == y for s in ("amct", "peer"))
-    only_a, only_p = int((a & ~p).sum()), int((~a & p).sum())
+    files = [r and r.get(f) for r in (a, p) for f in ("pred_file", "eval_file")]
+    if not all(f and Path(f).is_file() for f in files):
+        return f"- paired ({how}): predictions not available."
+    y = np.load(a["eval_file"])["y"]
+    ra, rp = (np.load(r["pred_file"]) == y for r in (a, p))
+    only_a, only_p = int((ra & ~rp).sum()), int((~ra & rp).sum())
     n, k = only_a + only_p, min(only_a, only_p)
     pval = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
-    return (f"Paired, test images: only amct's {best['amct']['setting']} right {only_a}, only "
-            f"{best['peer']['tool']}'s {best['peer']['setting']} right {only_p}; exact McNemar p = {pval:.2f}.")
+    return (f"- paired ({how}): test images only amct's {a['setting']} classifies correctly {only_a}, "
+            f"only {p['tool']}'s {p['setting']} {only_p}; exact McNemar p = {pval:.2f}")
 
 
 if __name__ == "__main__":

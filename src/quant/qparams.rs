@@ -44,6 +44,19 @@ pub struct QParams {
     pub zero_point: i32,
 }
 
+/// Whether an activation whose range starts at `lo` (observed minimum or
+/// chosen range, both clamped to <= 0) is centred on zero. A symmetric
+/// uint8 activation that is never negative (a ReLU output) keeps the
+/// one-sided range `[0, max]` over the whole grid, zero point 0 (NNCF's
+/// "unsigned symmetric"): a zero point of 128 would waste half the levels,
+/// and onnxruntime drops a Relu or Clip before QuantizeLinear (and fuses
+/// the integer conv) only when the zero point is the grid's lowest level.
+/// Symmetric int8 stays centred everywhere (zero point 0), the form
+/// TensorRT requires.
+pub fn centred_on_zero(symmetric: bool, grid: IntGrid, lo: f64) -> bool {
+    symmetric && (grid.signed || lo < 0.0)
+}
+
 /// Smallest scale used, so that constant tensors still quantize.
 const MIN_SCALE: f32 = 1e-8;
 
@@ -73,15 +86,10 @@ impl QParams {
         }
     }
 
-    /// An activation's parameters: like [`QParams::from_range`], but a
-    /// one-sided range (`lo >= 0`, e.g. after ReLU) always spans the whole
-    /// grid with its zero point at the lowest level, symmetric or not (NNCF's
-    /// "unsigned symmetric"). A zero point in the grid's middle would waste
-    /// half the levels, and onnxruntime only drops a Relu or Clip before a
-    /// QuantizeLinear (and fuses the integer conv) when the zero point is
-    /// the grid's lowest level.
+    /// An activation's parameters: like [`QParams::from_range`], with
+    /// [`centred_on_zero`] deciding whether a symmetric setting centres it.
     pub fn for_activation(lo: f64, hi: f64, grid: IntGrid, symmetric: bool) -> QParams {
-        QParams::from_range(lo, hi, grid, symmetric && lo < 0.0)
+        QParams::from_range(lo, hi, grid, centred_on_zero(symmetric, grid, lo))
     }
 
     /// ONNX QuantizeLinear of one value.
@@ -134,17 +142,18 @@ mod tests {
     }
 
     #[test]
-    fn one_sided_symmetric_activations_use_the_whole_grid() {
-        for grid in [IntGrid::UINT8, IntGrid::INT8] {
-            let (qmin, qmax) = grid.range();
-            let p = QParams::for_activation(0.0, 2.55, grid, true);
-            assert_eq!(p.zero_point, qmin);
-            assert!((p.scale - 0.01).abs() < 1e-7);
-            assert_eq!(p.quantize(2.55, grid), qmax);
-            assert_eq!(p.fake(0.0, grid), 0.0);
-            let two_sided = QParams::for_activation(-1.0, 1.0, grid, true);
-            assert_eq!(two_sided, QParams::from_range(-1.0, 1.0, grid, true));
-        }
+    fn one_sided_symmetric_uint8_activations_use_the_whole_grid() {
+        let g = IntGrid::UINT8;
+        let p = QParams::for_activation(0.0, 2.55, g, true);
+        assert_eq!(p.zero_point, 0);
+        assert!((p.scale - 0.01).abs() < 1e-7);
+        assert_eq!(p.quantize(2.55, g), 255);
+        let two_sided = QParams::for_activation(-1.0, 1.0, g, true);
+        assert_eq!(two_sided.zero_point, 128);
+        // int8 stays centred (TensorRT's form), one-sided or not
+        let p = QParams::for_activation(0.0, 1.27, IntGrid::INT8, true);
+        assert_eq!(p, QParams::from_range(-1.27, 1.27, IntGrid::INT8, true));
+        assert_eq!(p.zero_point, 0);
     }
 
     #[test]

@@ -4,16 +4,14 @@
 
 use super::histogram::Histogram;
 use super::observer::{Histograms, Observer};
-use super::qparams::IntGrid;
+use super::qparams::{centred_on_zero, IntGrid};
 use crate::recipe::{ActivationAlgo, ActivationConfig};
 
 /// The histograms [`choose_range`] reads for `cfg` (calibration fills only these).
 pub fn histograms_needed(cfg: &ActivationConfig) -> Histograms {
     let (signed, magnitude) = match (cfg.algo, cfg.symmetric) {
         (ActivationAlgo::Minmax, _) => (false, false),
-        // symmetric percentile searches one-sided tensors on the signed histogram
-        (ActivationAlgo::Percentile, true) => (true, true),
-        (ActivationAlgo::Entropy, _) => (false, true),
+        (ActivationAlgo::Percentile, true) | (ActivationAlgo::Entropy, _) => (false, true),
         (ActivationAlgo::Percentile, false) | (ActivationAlgo::Mse, _) => (true, false),
         (ActivationAlgo::Ifmr, false) | (ActivationAlgo::Hfmg, _) => (true, false),
         (ActivationAlgo::Ifmr, true) => (true, true),
@@ -22,37 +20,54 @@ pub fn histograms_needed(cfg: &ActivationConfig) -> Histograms {
 }
 
 /// The float range `[lo, hi]` to quantize the observed tensor over. A
-/// tensor never negative in calibration gets a one-sided range `[0, hi]`
-/// even when `cfg.symmetric` (see [`QParams::for_activation`]).
-///
-/// [`QParams::for_activation`]: super::qparams::QParams::for_activation
+/// tensor never negative in calibration always gets `lo = 0`, so that its
+/// zero point sits at the grid's lowest level (see [`centred_on_zero`]).
 pub fn choose_range(obs: &Observer, cfg: &ActivationConfig, grid: IntGrid) -> (f64, f64) {
     let (min, max) = (obs.min.min(0.0) as f64, obs.max.max(0.0) as f64);
-    let symmetric = cfg.symmetric && min < 0.0;
     if !(obs.seen() && min.is_finite() && max.is_finite()) || max - min == 0.0 {
-        return (min.min(0.0), max.max(0.0));
+        return (min, max);
     }
     let need = histograms_needed(cfg);
     if need.signed && obs.signed.total() == 0.0 || need.magnitude && obs.magnitude.total() == 0.0 {
         // Observed for another algorithm, without the histogram this one searches.
         return (min, max);
     }
+    let (lo, hi) = search_range(obs, cfg, grid, (min, max));
+    // The histograms' lower edge may lie a bin below zero (it grows by whole
+    // bins as batches arrive): a never-negative tensor keeps lo = 0 exactly.
+    (if min < 0.0 { lo } else { 0.0 }, hi)
+}
+
+/// [`choose_range`]'s search, `(min, max)` the observed extremes widened to 0.
+fn search_range(
+    obs: &Observer,
+    cfg: &ActivationConfig,
+    grid: IntGrid,
+    (min, max): (f64, f64),
+) -> (f64, f64) {
+    let symmetric = centred_on_zero(cfg.symmetric, grid, min);
     let steps = grid_steps(grid, symmetric);
     let p = cfg.percentile / 100.0;
     let clamp = |(lo, hi): (f64, f64)| (lo.max(min).min(0.0), hi.min(max).max(0.0));
+    let magnitude_clip = || {
+        let t = obs.magnitude.quantile(p);
+        if symmetric {
+            (-t, t)
+        } else {
+            (0.0, t) // one-sided: the magnitudes are the values
+        }
+    };
     match cfg.algo {
         ActivationAlgo::Minmax => (min, max),
-        ActivationAlgo::Percentile => {
-            if symmetric {
-                let t = obs.magnitude.quantile(p);
-                (-t, t)
-            } else {
-                clamp((obs.signed.quantile(1.0 - p), obs.signed.quantile(p)))
-            }
-        }
+        ActivationAlgo::Percentile if cfg.symmetric => magnitude_clip(),
+        ActivationAlgo::Percentile => clamp((obs.signed.quantile(1.0 - p), obs.signed.quantile(p))),
         ActivationAlgo::Entropy => {
             // One-sided tensors (after ReLU) spread all levels over [0, t].
-            let levels = if min < 0.0 { steps / 2 } else { steps };
+            let levels = if symmetric || min < 0.0 {
+                steps / 2
+            } else {
+                steps
+            };
             let t = kl_threshold(&obs.magnitude, levels.max(2));
             if symmetric {
                 (-t, t)
@@ -65,9 +80,8 @@ pub fn choose_range(obs: &Observer, cfg: &ActivationConfig, grid: IntGrid) -> (f
             best_scaled(&obs.signed, (min, max), candidates, symmetric, steps)
         }
         ActivationAlgo::Ifmr => {
-            let start = if symmetric {
-                let t = obs.magnitude.quantile(p);
-                (-t, t)
+            let start = if cfg.symmetric {
+                magnitude_clip()
             } else {
                 (
                     obs.signed.quantile(1.0 - p).min(0.0),
@@ -272,6 +286,7 @@ fn kl_divergence(p: &[f64], q: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::qparams::QParams;
     use crate::recipe::ActivationType;
 
     fn cfg(algo: ActivationAlgo, symmetric: bool) -> ActivationConfig {
@@ -382,9 +397,38 @@ mod tests {
                 let mut o =
                     Observer::filling(2048, false, histograms_needed(&cfg(algo, symmetric)));
                 o.observe(&v, &[v.len()]);
-                let (lo, hi) = choose_range(&o, &cfg(algo, symmetric), IntGrid::INT8);
-                assert_eq!(lo, 0.0, "{algo:?} symmetric {symmetric}");
-                assert!(hi > 8.0 && hi <= 10.0 * 1.3 + 1e-9, "{algo:?}: {hi}");
+                for grid in [IntGrid::INT8, IntGrid::UINT8] {
+                    let (lo, hi) = choose_range(&o, &cfg(algo, symmetric), grid);
+                    assert_eq!(lo, 0.0, "{algo:?} symmetric {symmetric}");
+                    assert!(hi > 8.0 && hi <= 10.0 * 1.3 + 1e-9, "{algo:?}: {hi}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_late_zero_keeps_lo_at_zero() {
+        // The first batch's minimum is above 0, so the histograms start
+        // there; a later batch reaching 0 grows them by whole bins, and
+        // their lower edge ends up a little below 0.
+        let first: Vec<f32> = (0..1000).map(|i| 0.5 + (i % 100) as f32 / 10.0).collect();
+        let later: Vec<f32> = (0..1000).map(|i| (i % 100) as f32 / 20.0).collect();
+        for algo in [
+            ActivationAlgo::Minmax,
+            ActivationAlgo::Entropy,
+            ActivationAlgo::Mse,
+            ActivationAlgo::Percentile,
+            ActivationAlgo::Ifmr,
+            ActivationAlgo::Hfmg,
+        ] {
+            for symmetric in [false, true] {
+                let mut o = Observer::filling(256, false, histograms_needed(&cfg(algo, symmetric)));
+                o.observe(&first, &[first.len()]);
+                o.observe(&later, &[later.len()]);
+                let (lo, hi) = choose_range(&o, &cfg(algo, symmetric), IntGrid::UINT8);
+                assert_eq!(lo, 0.0, "{algo:?} symmetric {symmetric}: [{lo}, {hi}]");
+                let p = QParams::for_activation(lo, hi, IntGrid::UINT8, symmetric);
+                assert_eq!(p.zero_point, 0, "{algo:?} symmetric {symmetric}");
             }
         }
     }

@@ -348,36 +348,31 @@ def test_uint8_weights_avoid_u8s8_saturation(name, tmp_path):
     assert sqnr["uint8"] >= sqnr["int8"], sqnr
 
 
-# (onnxruntime keeps MobileNetV2's depthwise convs in float with int8
-# activations, symmetric or not, as its own quantize_static output does)
-@pytest.mark.parametrize("name,atype", [("mnist_cnn", "uint8"), ("mnist_cnn", "int8"),
-                                        ("mobilenetv2", "uint8")])
+@pytest.mark.parametrize("name,atype", [("mnist_cnn", "uint8"), ("mobilenetv2", "uint8"),
+                                        ("mnist_cnn", "int8")])
 def test_symmetric_activations_keep_integer_kernels(name, atype, tmp_path):
-    """`activation.symmetric = true`: tensors with negative values get a zero
-    point in the grid's middle, tensors never negative in calibration (after
-    ReLU or ReLU6) the one-sided grid with the zero point at its lowest level,
-    so that onnxruntime still drops the Relu/Clip and runs every Conv as an
-    integer kernel. (A middle zero point after ReLU had kept every Conv but
-    one in float.)"""
+    """`activation.symmetric = true`. uint8: tensors with negative values get
+    zero point 128, tensors never negative in calibration (after ReLU or
+    ReLU6) the one-sided grid with zero point 0, so that onnxruntime still
+    drops the Relu/Clip and runs every Conv as an integer kernel (zero point
+    128 after ReLU had kept every Conv but one in float). int8: zero point 0
+    everywhere, the form TensorRT requires."""
     data, pre = calib_npz(tmp_path, name)
     recipe = write_recipe(tmp_path / "q.toml", model_path(name), data, preprocess=pre,
-                          extra=f'activation = {{ algo = "minmax", symmetric = true, type = "{atype}" }}')
+                          extra=f'activation = {{ algo = "hfmg", symmetric = true, type = "{atype}" }}')
     run_amct("run", recipe, "--out", tmp_path / "out", "--cache", tmp_path / "cache")
     qdir = tmp_path / "out" / "quantize"
     tensors = json.loads((qdir / "quant_record.json").read_text())["tensors"]
-    qmin, mid = (0, 128) if atype == "uint8" else (-128, 0)
     sides = {"one": 0, "two": 0}
     for t, r in tensors.items():
         lo, hi = r["range"]
         assert r["symmetric"] and r["type"] == atype, (t, r)
-        if lo < 0:
-            assert r["zero_point"] == mid, (t, r)
-            sides["two"] += 1
-        else:
-            assert r["zero_point"] == qmin and lo == 0.0, (t, r)
-            sides["one"] += 1
+        sides["two" if lo < 0 else "one"] += 1
+        want = 0 if atype == "int8" or lo == 0.0 else 128
+        assert r["zero_point"] == want and lo <= 0.0, (t, r)
     assert sides["one"] > 0 and sides["two"] > 0, sides
-    n_convs = sum(n.op_type == "Conv" for n in onnx.load(str(model_path(name))).graph.node)
-    ops = optimized_ops(qdir / "deploy.onnx", tmp_path)
-    left = {op: n for op, n in ops.items() if op in FLOAT_KERNELS}
-    assert not left and ops["QLinearConv"] == n_convs, ops
+    if atype == "uint8":
+        n_convs = sum(n.op_type == "Conv" for n in onnx.load(str(model_path(name))).graph.node)
+        ops = optimized_ops(qdir / "deploy.onnx", tmp_path)
+        left = {op: n for op, n in ops.items() if op in FLOAT_KERNELS}
+        assert not left and ops["QLinearConv"] == n_convs, ops
