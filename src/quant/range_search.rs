@@ -289,6 +289,16 @@ mod tests {
     use crate::quant::qparams::QParams;
     use crate::recipe::ActivationType;
 
+    /// Minmax first.
+    const ALL_ALGOS: [ActivationAlgo; 6] = [
+        ActivationAlgo::Minmax,
+        ActivationAlgo::Entropy,
+        ActivationAlgo::Mse,
+        ActivationAlgo::Percentile,
+        ActivationAlgo::Ifmr,
+        ActivationAlgo::Hfmg,
+    ];
+
     fn cfg(algo: ActivationAlgo, symmetric: bool) -> ActivationConfig {
         ActivationConfig {
             algo,
@@ -327,13 +337,8 @@ mod tests {
         let o = with_outliers();
         let (lo, hi) = choose_range(&o, &cfg(ActivationAlgo::Minmax, false), IntGrid::INT8);
         assert_eq!((lo, hi), (-35.0, 40.0));
-        for algo in [
-            ActivationAlgo::Entropy,
-            ActivationAlgo::Mse,
-            ActivationAlgo::Percentile,
-            ActivationAlgo::Ifmr,
-            ActivationAlgo::Hfmg,
-        ] {
+        for &algo in &ALL_ALGOS[1..] {
+            // every search but minmax
             for symmetric in [false, true] {
                 let (lo, hi) = choose_range(&o, &cfg(algo, symmetric), IntGrid::INT8);
                 // MSE and HFMG weigh the outliers' clipping error against the
@@ -384,14 +389,7 @@ mod tests {
     #[test]
     fn relu_outputs_keep_zero_as_lower_bound() {
         let v: Vec<f32> = (0..10_000).map(|i| (i % 100) as f32 / 10.0).collect();
-        for algo in [
-            ActivationAlgo::Minmax,
-            ActivationAlgo::Entropy,
-            ActivationAlgo::Mse,
-            ActivationAlgo::Percentile,
-            ActivationAlgo::Ifmr,
-            ActivationAlgo::Hfmg,
-        ] {
+        for algo in ALL_ALGOS {
             for symmetric in [false, true] {
                 // only the histograms calibration fills for this setting
                 let mut o =
@@ -413,14 +411,7 @@ mod tests {
         // their lower edge ends up a little below 0.
         let first: Vec<f32> = (0..1000).map(|i| 0.5 + (i % 100) as f32 / 10.0).collect();
         let later: Vec<f32> = (0..1000).map(|i| (i % 100) as f32 / 20.0).collect();
-        for algo in [
-            ActivationAlgo::Minmax,
-            ActivationAlgo::Entropy,
-            ActivationAlgo::Mse,
-            ActivationAlgo::Percentile,
-            ActivationAlgo::Ifmr,
-            ActivationAlgo::Hfmg,
-        ] {
+        for algo in ALL_ALGOS {
             for symmetric in [false, true] {
                 let mut o = Observer::filling(256, false, histograms_needed(&cfg(algo, symmetric)));
                 o.observe(&first, &[first.len()]);
