@@ -3,7 +3,8 @@
 NNCF, on the same models and the same calibration data, in one run.
 
 Models: the pretrained MNIST CNN (models/mnist_cnn.onnx; metric: top-1 on the
-10000-image MNIST test set, also on the validation split to pick settings by) and the ResNet-50- / MobileNetV2-shaped fixtures
+10000-image MNIST test set, also on the validation split to pick settings
+by) and the ResNet-50- / MobileNetV2-shaped fixtures
 (tests/fixtures/gen/NAME/model.onnx, random weights; metric: top-1 agreement
 with the float model on held-out images, plus the mean cosine similarity of
 the logits).  Calibration data: the first 128 MNIST training images (4
